@@ -1,0 +1,35 @@
+"""secure-infer: run PyTorch models on data nobody else may see, and measure the cost.
+
+``import secure_infer as si`` gives the façade (``wrap``, ``check`` as the
+backends land), the errors, and the submodules a user reaches for:
+``si.datasets``, ``si.zoo``, ``si.baselines``.
+"""
+
+from __future__ import annotations
+
+from secure_infer import baselines, datasets, zoo
+from secure_infer._errors import (
+    BackendUnavailableError,
+    DatasetError,
+    ParameterError,
+    PartyFailure,
+    ProtocolError,
+    SecureInferError,
+    UnsupportedModelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "DatasetError",
+    "ParameterError",
+    "PartyFailure",
+    "ProtocolError",
+    "SecureInferError",
+    "UnsupportedModelError",
+    "__version__",
+    "baselines",
+    "datasets",
+    "zoo",
+]

@@ -1,0 +1,242 @@
+"""The ``secure-infer`` command line.
+
+Each subcommand is a thin shell over the library: it parses, validates at the
+boundary, shows progress for anything slow, and prints a table. Errors the
+user caused come out as one line (``error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from secure_infer import baselines, datasets, zoo
+from secure_infer._errors import SecureInferError
+
+app = typer.Typer(
+    help="Run PyTorch models on data nobody else may see, and measure what it costs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+zoo_app = typer.Typer(help="Reference models: list them, train and save one.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _train_with_bar(progress: Progress, name: str, data: datasets.Dataset, seed: int) -> zoo.ZooModel:
+    cfg = zoo.default_config(name)
+    task = progress.add_task(f"train {name} on {data.label}", total=cfg.epochs)
+    result = zoo.pretrained(
+        name, data, seed=seed, on_epoch=lambda _epoch, _loss: progress.advance(task)
+    )
+    return result
+
+
+def _fmt_ms(result: baselines.BaselineResult, notes: dict[str, str]) -> str:
+    """Milliseconds per input, or 'not measured' with the reason as a numbered note."""
+    if not result.measured:
+        mark = notes.setdefault(result.reason, f"[{len(notes) + 1}]")
+        return f"not measured {mark}"
+    return f"{result.per_input_s * 1e3:.4f}"
+
+
+@app.command()
+def demo(
+    dataset: Annotated[str, typer.Option(help="digits or breast_cancer")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed for the split, initialisation and training")] = 0,
+    models: Annotated[
+        str, typer.Option(help="comma-separated zoo models (default: all that fit the data)")
+    ] = "",
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write results here")] = None,
+) -> None:
+    """Train the zoo on embedded data and show accuracy and plaintext cost.
+
+    The encrypted columns (CrypTen, TenSEAL) join this table as those backends land.
+    """
+    data = datasets.load(dataset, seed=seed)
+    names = [m.strip() for m in models.split(",") if m.strip()] or [
+        n for n in zoo.available() if len(data.input_shape) == 3 or n in ("logreg", "mlp")
+    ]
+    rows = []
+    with _progress() as progress:
+        trained = [_train_with_bar(progress, name, data, seed) for name in names]
+        task = progress.add_task("time plaintext CPU/GPU", total=len(trained))
+        for z in trained:
+            cpu1 = baselines.time_plaintext(z.model, data.x_test[:1], repeats=50)
+            cpu64 = baselines.time_plaintext(z.model, data.x_test[:64], repeats=20)
+            gpu64 = baselines.time_plaintext(z.model, data.x_test[:64], device="cuda", repeats=20)
+            rows.append((z, cpu1, cpu64, gpu64))
+            progress.advance(task)
+
+    table = Table(title=f"secure-infer demo: plaintext on {data.description}")
+    for col in ("model", "params", "train s", "test acc", "CPU ms/img (b=1)", "CPU ms/img (b=64)", "GPU ms/img (b=64)"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    notes: dict[str, str] = {}
+    for z, cpu1, cpu64, gpu64 in rows:
+        table.add_row(
+            z.name, f"{z.num_parameters:,}", f"{z.train_seconds:.2f}", f"{z.test_accuracy:.4f}",
+            _fmt_ms(cpu1, notes), _fmt_ms(cpu64, notes), _fmt_ms(gpu64, notes),
+        )
+    console.print(table)
+    for reason, mark in notes.items():
+        console.print(f"{mark} {reason}")
+    console.print("Encrypted inference (CrypTen, TenSEAL) is not part of this demo yet.")
+    if json_out is not None:
+        payload = {
+            "dataset": data.description,
+            "seed": seed,
+            "models": [
+                {
+                    "name": z.name,
+                    "params": z.num_parameters,
+                    "train_seconds": z.train_seconds,
+                    "test_accuracy": z.test_accuracy,
+                    "plaintext": [vars(r) for r in (cpu1, cpu64, gpu64)],
+                }
+                for z, cpu1, cpu64, gpu64 in rows
+            ],
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the zoo's models with their size on the digits data."""
+    data = datasets.load_digits()
+    table = Table(title="secure-infer zoo (sizes on 8x8 digits)")
+    table.add_column("name")
+    table.add_column("params", justify="right")
+    table.add_column("layers")
+    for name in zoo.available():
+        model = zoo.build(name, data.input_shape, data.num_classes)
+        layers = ", ".join(type(m).__name__ for m in model.children())
+        table.add_row(name, f"{sum(p.numel() for p in model.parameters()):,}", layers)
+    console.print(table)
+
+
+@zoo_app.command("train")
+def zoo_train(
+    name: Annotated[str, typer.Argument(help="a zoo model, see `secure-infer zoo list`")],
+    out: Annotated[Path, typer.Option(help="where to save the trained model")],
+    dataset: Annotated[str, typer.Option(help="digits or breast_cancer")] = "digits",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train one zoo model and save it for `wrap`, `serve` or `bench`."""
+    data = datasets.load(dataset, seed=seed)
+    with _progress() as progress:
+        z = _train_with_bar(progress, name, data, seed)
+    zoo.save_model(z, out)
+    console.print(f"{z.name}: test accuracy {z.test_accuracy:.4f} on {z.dataset}; saved to {out}")
+
+
+@app.command()
+def baseline(
+    model: Annotated[str, typer.Argument(help="a zoo model name or a file from `zoo train`")],
+    dataset: Annotated[str, typer.Option(help="digits or breast_cancer")] = "digits",
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,16,64",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Time a model in plaintext on CPU and, when CUDA exists, GPU."""
+    data = datasets.load(dataset, seed=seed)
+    if Path(model).is_file():
+        z = zoo.load_model(model)
+    else:
+        with _progress() as progress:
+            z = _train_with_bar(progress, model, data, seed)
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--batch-sizes must be integers, got {batch_sizes!r}") from None
+    table = Table(title=f"plaintext baseline: {z.name}")
+    for col in ("device", "batch", "p50 ms", "p95 ms", "inputs/s"):
+        table.add_column(col, justify="right")
+    for device in ("cpu", "cuda"):
+        for b in sizes:
+            x = data.x_test[:b]
+            if len(x) < b:
+                x = x.repeat((b + len(x) - 1) // len(x), *([1] * (x.dim() - 1)))[:b]
+            r = baselines.time_plaintext(z.model, x, device=device)
+            if r.measured:
+                table.add_row(device, str(b), f"{r.p50_s * 1e3:.4f}", f"{r.p95_s * 1e3:.4f}", f"{r.throughput:,.0f}")
+            else:
+                table.add_row(device, str(b), f"not measured ({r.reason})", "", "")
+    console.print(table)
+
+
+@app.command("datasets")
+def datasets_cmd() -> None:
+    """List the data sets that work offline."""
+    table = Table(title="data sets")
+    table.add_column("name")
+    table.add_column("description")
+    for name in datasets.available():
+        if name == "mnist":
+            desc = "MNIST from local IDX files: --mnist-path FOLDER (not bundled)"
+        else:
+            desc = datasets.load(name).description
+        table.add_row(name, desc)
+    console.print(table)
+
+
+@app.command()
+def env() -> None:
+    """Show the versions and devices that results depend on."""
+    import numpy
+    import torch
+
+    rows = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "torch threads": str(torch.get_num_threads()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+    }
+    for pkg in ("crypten", "tenseal", "sklearn"):
+        try:
+            mod = __import__(pkg) if pkg != "crypten" else None
+            if pkg == "crypten":
+                from importlib.metadata import version
+
+                rows[pkg] = version("crypten")
+            else:
+                rows[pkg] = getattr(mod, "__version__", "installed")
+        except Exception as exc:  # report, never fail, on a missing optional part
+            rows[pkg] = f"unavailable ({type(exc).__name__})"
+    for k, v in rows.items():
+        console.print(f"{k:>14}: {v}")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning our errors into one line."""
+    try:
+        app()
+    except SecureInferError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

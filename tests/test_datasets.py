@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secure_infer import datasets
+from secure_infer._errors import DatasetError, ParameterError
+
+
+def test_digits_shapes_and_range(digits: datasets.Dataset) -> None:
+    assert digits.input_shape == (1, 8, 8)
+    assert digits.x_train.shape[1:] == (1, 8, 8)
+    assert len(digits.x_train) + len(digits.x_test) == 1797
+    assert digits.x_train.dtype == torch.float32 and digits.y_train.dtype == torch.int64
+    assert 0.0 <= float(digits.x_train.min()) and float(digits.x_train.max()) <= 1.0
+    assert set(digits.y_test.tolist()) == set(range(10))
+    assert not digits.synthetic
+
+
+def test_digits_flatten() -> None:
+    flat = datasets.load_digits(flatten=True)
+    assert flat.input_shape == (64,) and flat.x_test.shape[1] == 64
+
+
+def test_split_is_deterministic_and_seeded() -> None:
+    a, b = datasets.load_digits(seed=3), datasets.load_digits(seed=3)
+    c = datasets.load_digits(seed=4)
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train)
+    assert not torch.equal(a.x_test, c.x_test)
+
+
+def test_split_is_stratified(digits: datasets.Dataset) -> None:
+    counts = torch.bincount(digits.y_test, minlength=10).float()
+    assert counts.min() / counts.max() > 0.85
+
+
+def test_breast_cancer_standardised_on_train_only() -> None:
+    bc = datasets.load_breast_cancer(seed=0)
+    assert bc.input_shape == (30,) and bc.num_classes == 2
+    assert torch.allclose(bc.x_train.mean(0), torch.zeros(30), atol=1e-4)
+    # test statistics were not used: the test mean is not exactly zero
+    assert float(bc.x_test.mean(0).abs().max()) > 1e-3
+    assert len(bc.feature_names) == 30
+
+
+def test_mnist_shaped_is_labelled_synthetic() -> None:
+    gen = datasets.mnist_shaped(5, seed=1)
+    assert gen.synthetic and "timing only" in gen.label and "GENERATED" in gen.description
+    assert gen.x_test.shape == (5, 1, 28, 28)
+    assert torch.equal(gen.x_test, datasets.mnist_shaped(5, seed=1).x_test)
+
+
+def _write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_reads_local_idx_files(tmp_path: Path, compress: bool) -> None:
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 256, (6, 28, 28)), compress=compress)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(6) % 10, compress=compress)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 256, (4, 28, 28)), compress=compress)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([1, 2, 3, 4]), compress=compress)
+    mnist = datasets.load_mnist(tmp_path)
+    assert mnist.x_train.shape == (6, 1, 28, 28) and mnist.x_test.shape == (4, 1, 28, 28)
+    assert mnist.y_test.tolist() == [1, 2, 3, 4]
+    assert float(mnist.x_train.max()) <= 1.0
+
+
+def test_mnist_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte"):
+        datasets.load_mnist(tmp_path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        datasets.load_mnist(tmp_path / "nowhere")
+
+
+def test_mnist_truncated_file_is_rejected(tmp_path: Path) -> None:
+    for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        _write_idx(tmp_path / stem, np.zeros((2, 28, 28)))
+    for stem in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        _write_idx(tmp_path / stem, np.zeros(2))
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DatasetError, match="promises"):
+        datasets.load_mnist(tmp_path)
+
+
+def test_unknown_dataset_lists_choices() -> None:
+    with pytest.raises(ParameterError, match="digits"):
+        datasets.load("cifar")
