@@ -17,19 +17,25 @@ from secure_infer._errors import (
     SecureInferError,
     UnsupportedModelError,
 )
+from secure_infer._wrap import CheckReport, EncryptedModel, Report, check, wrap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "CheckReport",
     "DatasetError",
+    "EncryptedModel",
     "ParameterError",
     "PartyFailure",
     "ProtocolError",
+    "Report",
     "SecureInferError",
     "UnsupportedModelError",
     "__version__",
     "baselines",
+    "check",
     "datasets",
+    "wrap",
     "zoo",
 ]

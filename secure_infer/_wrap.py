@@ -1,0 +1,174 @@
+"""The façade: ``wrap`` a model for encrypted inference, or ``check`` it first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from secure_infer._errors import ParameterError, UnsupportedModelError
+from secure_infer.backends import get_backend
+from secure_infer.backends.base import Program, RunStats
+from secure_infer.graph import Conversion, Graph, trace
+
+__all__ = ["CheckReport", "EncryptedModel", "Report", "check", "wrap"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """How a model was converted: one row per layer, plus the backend's facts."""
+
+    backend: str
+    conversions: tuple[Conversion, ...]
+    facts: dict[str, Any] = field(default_factory=dict)
+    sample_max_abs_error: float | None = None
+
+    @property
+    def approximations(self) -> list[Conversion]:
+        return [c for c in self.conversions if c.kind in ("approximated", "replaced")]
+
+    def __str__(self) -> str:
+        lines = [f"secure-infer report: backend={self.backend}"]
+        for key, value in self.facts.items():
+            lines.append(f"  {key}: {value}")
+        width = max([len(c.path) for c in self.conversions] + [5])
+        lines.append(f"  {'layer'.ljust(width)}  {'type':<14} {'how':<13} detail")
+        for c in self.conversions:
+            err = f" (max abs error on sample {c.max_abs_error:.2e})" if c.max_abs_error is not None else ""
+            lines.append(f"  {c.path.ljust(width)}  {c.layer:<14} {c.kind:<13} {c.detail}{err}")
+        if self.sample_max_abs_error is not None:
+            lines.append(f"  whole model: max abs error vs plaintext on sample_input = {self.sample_max_abs_error:.3e}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``check`` found without converting: ``ok`` and the problems, if any."""
+
+    backend: str
+    ok: bool
+    problems: tuple[UnsupportedModelError, ...]
+    conversions: tuple[Conversion, ...]
+
+    def __str__(self) -> str:
+        if self.ok:
+            kinds = ", ".join(sorted({c.kind for c in self.conversions}))
+            return f"{self.backend}: convertible ({len(self.conversions)} layers; {kinds})"
+        return f"{self.backend}: NOT convertible\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+def _validate_input(x: Any, graph: Graph, where: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ParameterError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ParameterError(f"{where}: expected a float tensor, got dtype {x.dtype}; convert with x.float()")
+    expected = graph.input_shape[1:]
+    if x.dim() != len(graph.input_shape) or tuple(x.shape[1:]) != tuple(expected):
+        raise ParameterError(
+            f"{where}: expected inputs shaped (batch, {', '.join(map(str, expected))}) like sample_input, "
+            f"got {tuple(x.shape)}"
+        )
+    if x.shape[0] < 1:
+        raise ParameterError(f"{where}: empty batch")
+    if not torch.isfinite(x).all():
+        raise ParameterError(f"{where}: input contains NaN or infinity")
+    return x.detach().to("cpu", torch.float32)
+
+
+class EncryptedModel:
+    """A model that computes on encrypted data; call it like the original.
+
+    Use as a context manager, or call :meth:`close`, to stop party processes.
+    """
+
+    def __init__(self, backend: str, graph: Graph, program: Program, conversions: list[Conversion],
+                 sample_error: float | None) -> None:
+        self.backend = backend
+        self.graph = graph
+        self.program = program
+        self._conversions = conversions
+        self._sample_error = sample_error
+
+    def __call__(self, x: torch.Tensor, *, compare: bool = False) -> torch.Tensor:
+        """Run encrypted; with ``compare=True`` also record max abs error vs plaintext."""
+        x = _validate_input(x, self.graph, "input")
+        y = self.program(x)
+        if compare and self.program.last_run is not None:
+            err = float((y - self.graph.run(x)).abs().max())
+            stats = self.program.last_run
+            self.program.last_run = RunStats(**{**stats.__dict__, "max_abs_error": err})
+        return y
+
+    @property
+    def last_run(self) -> RunStats | None:
+        """Figures of the last call: seconds, bytes, rounds, per party..."""
+        return self.program.last_run
+
+    def report(self) -> Report:
+        return Report(self.backend, tuple(self._conversions), self.program.describe(), self._sample_error)
+
+    def close(self) -> None:
+        self.program.close()
+
+    def __enter__(self) -> EncryptedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def check(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tensor, **options: Any) -> CheckReport:
+    """Say whether ``model`` converts for ``backend``, without starting anything."""
+    graph = trace(model, sample_input)
+    impl = get_backend(backend)
+    problems = impl.check(graph, **options)
+    conversions = list(graph.conversions) + ([] if problems else impl.conversions(graph))
+    return CheckReport(backend, not problems, tuple(problems), tuple(conversions))
+
+
+def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tensor, **options: Any) -> EncryptedModel:
+    """Compile ``model`` for encrypted inference with ``backend``.
+
+    The model is traced once on ``sample_input`` (shape ``(batch, ...)``), the
+    backend program is built (CrypTen: party processes start; TenSEAL: keys),
+    and the sample is run encrypted once to measure the error of every
+    approximated layer, which ``report()`` lists.
+
+    Raises:
+        UnsupportedModelError: a layer the backend cannot run, naming its path.
+        ParameterError: bad sample input or options.
+    """
+    graph = trace(model, sample_input)
+    impl = get_backend(backend)
+    conversions = list(graph.conversions) + impl.conversions(graph)
+    program = impl.compile(graph, sample_input, **options)
+    try:
+        sample = _validate_input(sample_input, graph, "sample_input")
+        approx_nodes = {n.name: n for n in graph.nodes if n.op == "module"
+                        and any(c.path == n.path and c.kind == "approximated" for c in conversions)}
+        run_with_reveal = getattr(program, "run", None)
+        if run_with_reveal is not None:
+            y, revealed = run_with_reveal(sample, frozenset(approx_nodes))
+        else:
+            y, revealed = program(sample), {}
+        reference = graph.evaluate(sample)
+        sample_error = float((y - reference[graph.output.name]).abs().max())
+        measured = {approx_nodes[name].path: float((value - reference[name]).abs().max())
+                    for name, value in revealed.items()}
+        conversions = [
+            Conversion(c.path, c.layer, c.kind, c.detail, measured.get(c.path, c.max_abs_error))
+            for c in conversions
+        ]
+    except BaseException:
+        program.close()
+        raise
+    return EncryptedModel(backend, graph, program, conversions, sample_error)
+

@@ -1,0 +1,153 @@
+"""The small interface every backend implements, and the per-layer rule registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import nn
+
+from secure_infer._errors import UnsupportedModelError
+from secure_infer.graph import Conversion, Graph, Node
+
+Rule = TypeVar("Rule")
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What one encrypted call cost.
+
+    Attributes:
+        backend: backend name.
+        batch_size: inputs in the call.
+        wall_s: end-to-end seconds seen by the caller.
+        encrypt_s, compute_s, decrypt_s: phases where the backend can separate them.
+        bytes_sent: bytes on the wire, all parties together (MPC) or in+out ciphertexts (HE).
+        rounds: communication rounds (MPC; the maximum over parties).
+        per_party: per-party figures (rank, role, bytes, rounds, seconds) for MPC.
+        max_abs_error: against plaintext on the same input, when the caller asked for it.
+        simulated: True when no real separation of parties took place.
+        extra: backend-specific figures (depth, slots, key bytes...).
+    """
+
+    backend: str
+    batch_size: int
+    wall_s: float
+    encrypt_s: float | None = None
+    compute_s: float | None = None
+    decrypt_s: float | None = None
+    bytes_sent: int | None = None
+    rounds: int | None = None
+    per_party: tuple[dict[str, Any], ...] = ()
+    max_abs_error: float | None = None
+    simulated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_input_s(self) -> float:
+        return self.wall_s / max(self.batch_size, 1)
+
+
+class Program(ABC):
+    """A compiled model: call it on plaintext inputs, get plaintext outputs back."""
+
+    last_run: RunStats | None = None
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def close(self) -> None:
+        """Release processes, sockets or keys the program holds (nothing by default)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts for the report (parties, parameters, ...)."""
+        return {}
+
+
+class Backend(ABC):
+    """Turns a traced graph into a :class:`Program`."""
+
+    name: str
+
+    @abstractmethod
+    def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
+        """Problems that would stop :meth:`compile`, without building anything."""
+
+    @abstractmethod
+    def compile(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> Program:
+        """Build the program; may start party processes or generate keys."""
+
+    @abstractmethod
+    def conversions(self, graph: Graph) -> list[Conversion]:
+        """How each remaining layer is carried out (exact, approximated...)."""
+
+
+@dataclass(frozen=True)
+class LayerRule(Generic[Rule]):
+    """One registered conversion: the rule plus how exact it is."""
+
+    types: tuple[type[nn.Module], ...]
+    rule: Rule
+    kind: str
+    detail: str
+
+
+class LayerRules(Generic[Rule]):
+    """Per-backend registry from ``nn.Module`` type to conversion rule.
+
+    An unregistered type is exactly the :class:`UnsupportedModelError` case;
+    ``suggestions`` turns that error into advice ("use AvgPool2d instead").
+    """
+
+    def __init__(self, backend: str, suggestions: dict[type[nn.Module], str] | None = None) -> None:
+        self.backend = backend
+        self._rules: dict[type[nn.Module], LayerRule[Rule]] = {}
+        self.suggestions = dict(suggestions or {})
+
+    def register(
+        self, *types: type[nn.Module], kind: str = "exact", detail: str = ""
+    ) -> Callable[[Rule], Rule]:
+        def deco(rule: Rule) -> Rule:
+            entry = LayerRule(types, rule, kind, detail)
+            for t in types:
+                self._rules[t] = entry
+            return rule
+
+        return deco
+
+    def find(self, node: Node) -> LayerRule[Rule]:
+        module = node.module
+        assert module is not None
+        for cls in type(module).__mro__:
+            if cls in self._rules:
+                return self._rules[cls]
+        hint = self.suggestions.get(type(module), "")
+        supported = ", ".join(sorted({t.__name__ for t in self._rules}))
+        raise UnsupportedModelError(
+            f"{node.path or node.name}: {type(module).__name__} is not supported by the "
+            f"{self.backend} backend. {hint + ' ' if hint else ''}Supported layers: {supported}",
+            module_path=node.path,
+            module_type=type(module).__name__,
+        )
+
+    def problems(self, graph: Graph) -> list[UnsupportedModelError]:
+        found = []
+        for node in graph.nodes:
+            if node.op == "module":
+                try:
+                    self.find(node)
+                except UnsupportedModelError as exc:
+                    found.append(exc)
+        return found
+
+    def conversions(self, graph: Graph) -> list[Conversion]:
+        out = []
+        for node in graph.nodes:
+            if node.op == "module":
+                entry = self.find(node)
+                out.append(Conversion(node.path, type(node.module).__name__, entry.kind, entry.detail))
+        return out

@@ -1,0 +1,183 @@
+"""The CrypTen backend: secret-shared inference between real party processes.
+
+``compile`` starts a :class:`~secure_infer.backends.crypten._pool.PartyPool`
+(default: 2 parties, model owner and data owner) that stays up across calls.
+``parties=1`` runs CrypTen inside the caller's process: a simulation for
+debugging, labelled as such in every report and run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from secure_infer._errors import ParameterError, PartyFailure, UnsupportedModelError
+from secure_infer.backends import register_backend
+from secure_infer.backends.base import Backend, Program, RunStats
+from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram, weightless
+from secure_infer.backends.crypten._rules import RULES
+from secure_infer.graph import Conversion, Graph
+
+_OPTIONS = {"parties", "dealer", "port", "master_addr", "timeout", "threads", "precision_bits"}
+
+
+class CryptenProgram(Program):
+    """A model compiled to CrypTen: call it like the model."""
+
+    def __init__(self, graph: Graph, *, parties: int = 2, dealer: bool = False, port: int | None = None,
+                 master_addr: str = "127.0.0.1", timeout: float = 300.0, threads: int = 1,
+                 precision_bits: int = 16) -> None:
+        if not isinstance(parties, int) or parties < 1:
+            raise ParameterError(f"parties must be an integer >= 1, got {parties!r}")
+        if dealer and parties < 2:
+            raise ParameterError("dealer=True needs parties >= 2 (the dealer serves real parties)")
+        if not 8 <= precision_bits <= 24:
+            raise ParameterError(f"precision_bits must be between 8 and 24, got {precision_bits}")
+        self.graph = graph
+        self.parties = parties
+        self.dealer = dealer
+        self.precision_bits = precision_bits
+        self.simulated = parties == 1
+        self._pool = None
+        self._local: PartyProgram | None = None
+        if self.simulated:
+            self._crypten = _init_in_process(precision_bits)
+            self._local = PartyProgram(graph, self._crypten)
+        else:
+            from secure_infer.backends.crypten._pool import PartyPool
+
+            self._pool = PartyPool(
+                graph, weightless(graph), parties=parties, dealer=dealer, port=port,
+                master_addr=master_addr, timeout=timeout, threads=threads, precision_bits=precision_bits,
+            )
+
+    def run(self, x: torch.Tensor, reveal: frozenset[str] = frozenset()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Evaluate ``x``; ``reveal`` opens named intermediate values (calibration only)."""
+        started = time.perf_counter()
+        if self._local is not None:
+            comm = self._crypten.communicator.get()
+            comm.reset_communication_stats()
+            x_enc = self._crypten.cryptensor(x, src=0)
+            y_enc, revealed = self._local(x_enc, reveal=reveal)
+            y = y_enc.get_plain_text()
+            s = comm.get_communication_stats()
+            per_party = ({"rank": 0, "role": "all roles (simulation)", "bytes": s["bytes"], "rounds": s["rounds"],
+                          "seconds": time.perf_counter() - started},)
+        else:
+            if self._pool is None:
+                raise PartyFailure("the party processes are closed; wrap the model again to restart them")
+            from secure_infer.backends.crypten._pool import role_of
+
+            y, revealed, stats = self._pool.run(x, reveal)
+            per_party = tuple(
+                {"rank": r, "role": role_of(r, self.parties), "bytes": s["bytes"], "rounds": s["rounds"],
+                 "seconds": s["seconds"]}
+                for r, s in sorted(stats.items())
+            )
+        wall = time.perf_counter() - started
+        self.last_run = RunStats(
+            backend="crypten",
+            batch_size=int(x.shape[0]),
+            wall_s=wall,
+            compute_s=max(p["seconds"] for p in per_party),
+            # each party counts what it sends; the sum is the traffic on the wire
+            bytes_sent=sum(int(p["bytes"]) for p in per_party),
+            rounds=max(int(p["rounds"]) for p in per_party),
+            per_party=per_party,
+            simulated=self.simulated,
+            extra={"parties": self.parties, "dealer": self.dealer, "precision_bits": self.precision_bits},
+        )
+        return y, revealed
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[0]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def kill_party(self, rank: int) -> None:
+        """Kill one party process abruptly: for testing failure handling."""
+        if self._pool is None:
+            raise ParameterError("kill_party needs real parties (parties >= 2)")
+        self._pool.kill(rank)
+
+    def describe(self) -> dict[str, Any]:
+        if self.simulated:
+            mode = "SIMULATION: all parties in the caller's process (debugging only, no separation)"
+        else:
+            mode = f"{self.parties} party processes over TCP (gloo)" + (" + trusted dealer" if self.dealer else "")
+        roles = "rank 0 model owner, rank 1 data owner" + (", ranks 2.. helpers" if self.parties > 2 else "")
+        return {
+            "backend": "crypten",
+            "mode": mode,
+            "roles": roles if not self.simulated else "simulated",
+            "address": self._pool.address if self._pool is not None else "in-process",
+            "fixed point": f"{self.precision_bits} fractional bits",
+            "threat model": "semi-honest parties; outputs revealed to the data owner only",
+        }
+
+
+_IN_PROCESS: dict[str, Any] = {}
+
+
+def _init_in_process(precision_bits: int) -> Any:
+    from secure_infer._crypten_compat import load_crypten
+
+    crypten = load_crypten()
+    crypten.cfg.communicator.verbose = True
+    crypten.cfg.encoder.precision_bits = precision_bits
+    if not crypten.is_initialized():
+        import os
+
+        # A private, single-party world; never joins another process group.
+        for key, value in {"WORLD_SIZE": "1", "RANK": "0"}.items():
+            os.environ.setdefault(key, value)
+        crypten.init()
+    _IN_PROCESS["crypten"] = crypten
+    return crypten
+
+
+class CryptenBackend(Backend):
+    name = "crypten"
+
+    def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
+        problems = RULES.problems(graph)
+        if problems:
+            return problems
+        # Build every rule once with plaintext "shares": rules reject the layer
+        # settings they cannot run (ceil_mode, padding='same'...) while building.
+        for node in graph.nodes:
+            if node.op == "module":
+                assert node.module is not None
+                try:
+                    RULES.find(node).rule(node.module, node, lambda t: t)
+                except UnsupportedModelError as exc:
+                    problems.append(exc)
+        return problems
+
+    def conversions(self, graph: Graph) -> list[Conversion]:
+        return RULES.conversions(graph)
+
+    def compile(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> CryptenProgram:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ParameterError(
+                f"unknown option(s) for backend='crypten': {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(sorted(_OPTIONS))}"
+            )
+        problems = self.check(graph)
+        if problems:
+            raise problems[0]
+        return CryptenProgram(graph, **options)
+
+
+@register_backend("crypten")
+def _factory() -> Backend:
+    return CryptenBackend()
+
+
+__all__ = ["DATA_OWNER", "CryptenBackend", "CryptenProgram"]

@@ -1,0 +1,351 @@
+"""Real CrypTen parties: one OS process per party, talking over TCP (gloo).
+
+The parent process (the caller of ``wrap``) is not a party. It hands the model
+owner the weighted graph, every other party a weightless copy, and the data
+owner each input; it gets back only what the data owner decrypts. Rank 0 is
+the model owner, rank 1 the data owner, ranks 2.. are helper parties; with
+``dealer=True`` CrypTen's trusted third party runs as one more process.
+
+A party that dies makes :meth:`PartyPool.run` raise :class:`PartyFailure`
+within ``timeout`` seconds at most, and the remaining parties are stopped:
+gloo on its own would leave them blocked in a collective for 30 minutes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection, Listener, wait
+from typing import Any
+
+import torch
+
+from secure_infer._errors import ParameterError, PartyFailure
+from secure_infer.graph import Graph
+
+ROLE_NAMES = {0: "model owner", 1: "data owner"}
+
+
+def _send(conn: Connection, obj: Any) -> None:
+    """Send between the coordinator and its own party processes.
+
+    torch.save bytes rather than multiprocessing's pickler, which would pass
+    tensors as shared-memory handles: each party must hold its own copy.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    conn.send_bytes(buf.getvalue())
+
+
+def _recv(conn: Connection) -> Any:
+    return torch.load(io.BytesIO(conn.recv_bytes()), weights_only=False)
+
+
+def role_of(rank: int, world_size: int) -> str:
+    if rank == world_size:
+        return "dealer (TTP)"
+    return ROLE_NAMES.get(rank, "helper")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ParameterError(
+                f"master port {host}:{port} is busy ({exc.strerror}); pass another port, "
+                "or port=None to pick a free one"
+            ) from None
+
+
+@dataclass(frozen=True)
+class PartySettings:
+    world_size: int
+    rank: int
+    master_addr: str
+    master_port: int
+    dealer: bool
+    threads: int
+    precision_bits: int
+
+
+def _configure(settings: PartySettings) -> Any:
+    os.environ.update(
+        {
+            "RENDEZVOUS": f"tcp://{settings.master_addr}:{settings.master_port}",
+            "MASTER_ADDR": settings.master_addr,
+            "MASTER_PORT": str(settings.master_port),
+            "WORLD_SIZE": str(settings.world_size),
+            "RANK": str(settings.rank),
+            "DISTRIBUTED_BACKEND": "gloo",
+        }
+    )
+    torch.set_num_threads(settings.threads)
+    from secure_infer._crypten_compat import load_crypten
+
+    crypten = load_crypten()
+    crypten.cfg.communicator.verbose = True  # counts bytes and rounds
+    crypten.cfg.encoder.precision_bits = settings.precision_bits
+    crypten.cfg.mpc.provider = "TTP" if settings.dealer else "TFP"
+    return crypten
+
+
+def dealer_main(settings: PartySettings, conn: Connection) -> None:
+    """The trusted dealer: generates Beaver triples, sees no input or weight."""
+    try:
+        crypten = _configure(settings)
+        _send(conn, ("ready", settings.rank, {}))
+        crypten.mpc.provider.TTPServer()  # returns when rank 0 sends "terminate"
+    except Exception:
+        _send(conn, ("error", settings.rank, traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def party_main(settings: PartySettings, graph: Graph, conn: Connection) -> None:
+    """Run one party: set up, share the weights, then serve ``run`` requests."""
+    from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram
+
+    try:
+        crypten = _configure(settings)
+        started = time.perf_counter()
+        crypten.init()
+        comm = crypten.communicator.get()
+        comm.reset_communication_stats()
+        program = PartyProgram(graph, crypten)
+        setup = comm.get_communication_stats()
+        _send(conn, ("ready", settings.rank, {"setup_s": time.perf_counter() - started, **setup}))
+        while True:
+            message = _recv(conn)
+            if message[0] == "close":
+                break
+            _, x, shape, reveal = message
+            comm.reset_communication_stats()
+            t0 = time.perf_counter()
+            mine = x if settings.rank == DATA_OWNER else torch.empty(shape)
+            x_enc = crypten.cryptensor(mine, src=DATA_OWNER)
+            y_enc, revealed = program(x_enc, reveal=reveal, dst=DATA_OWNER)
+            y = y_enc.get_plain_text(dst=DATA_OWNER)
+            stats = comm.get_communication_stats()
+            stats["seconds"] = time.perf_counter() - t0
+            if settings.rank == DATA_OWNER:
+                _send(conn, ("result", settings.rank, (y, revealed, stats)))
+            else:
+                _send(conn, ("result", settings.rank, (None, {}, stats)))
+        crypten.uninit()
+        _send(conn, ("closed", settings.rank, {}))
+    except Exception:
+        try:
+            _send(conn, ("error", settings.rank, traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+        raise SystemExit(1) from None
+
+
+class PartyPool:
+    """Start ``parties`` CrypTen processes (plus a dealer) and keep them up across calls."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        weightless_graph: Graph,
+        *,
+        parties: int = 2,
+        dealer: bool = False,
+        master_addr: str = "127.0.0.1",
+        port: int | None = None,
+        timeout: float = 300.0,
+        threads: int = 1,
+        precision_bits: int = 16,
+    ) -> None:
+        if parties < 2:
+            raise ParameterError("a party pool needs at least 2 parties (parties=1 is the in-process simulation)")
+        if port is None:
+            port = free_port(master_addr)
+        else:
+            check_port_free(master_addr, port)
+        self.parties = parties
+        self.dealer = dealer
+        self.timeout = timeout
+        self.address = f"{master_addr}:{port}"
+        authkey = os.urandom(32)
+        listener = Listener(("127.0.0.1", 0), authkey=authkey)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._conns: list[Connection] = []
+        self.setup: dict[int, dict[str, Any]] = {}
+        total = parties + (1 if dealer else 0)
+        env = {
+            **os.environ,
+            "SECURE_INFER_PARENT": f"{listener.address[0]}:{listener.address[1]}",
+            "SECURE_INFER_AUTHKEY": authkey.hex(),
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        }
+        try:
+            for rank in range(total):
+                # A fresh interpreter per party (not fork): no party inherits the
+                # caller's memory, so only the model owner ever holds the weights.
+                self._procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "secure_infer.backends.crypten._party", str(rank)],
+                        env=env, stdin=subprocess.DEVNULL,
+                    )
+                )
+            by_rank = self._accept(listener, total)
+        finally:
+            listener.close()
+        self._conns = [by_rank[r] for r in range(total)]
+        for rank, conn in enumerate(self._conns):
+            settings = PartySettings(parties, rank, master_addr, port, dealer, threads, precision_bits)
+            payload = None if rank == parties else (graph if rank == 0 else weightless_graph)
+            _send(conn, ("init", settings, payload))
+        ready = self._collect("ready", range(total), phase="start-up")
+        self.setup = dict(ready)
+
+    def _accept(self, listener: Listener, total: int) -> dict[int, Connection]:
+        """Accept one authenticated connection per party, failing fast if one dies."""
+        arrived: queue.Queue[Connection | BaseException] = queue.Queue()
+
+        def accept_all() -> None:
+            for _ in range(total):
+                try:
+                    arrived.put(listener.accept())
+                except BaseException as exc:  # closed listener or failed auth
+                    arrived.put(exc)
+                    return
+
+        threading.Thread(target=accept_all, daemon=True).start()
+        by_rank: dict[int, Connection] = {}
+        deadline = time.monotonic() + self.timeout
+        while len(by_rank) < total:
+            for rank, proc in enumerate(self._procs):
+                if proc.poll() is not None and rank not in by_rank:
+                    raise self._fail(f"party {rank} ({role_of(rank, self.parties)}) exited with code {proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise self._fail(f"parties did not connect within {self.timeout:.0f} s")
+            try:
+                item = arrived.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                raise self._fail(f"a party could not connect to the coordinator: {item}")
+            hello = _recv(item)
+            by_rank[int(hello[1])] = item
+        return by_rank
+
+    @property
+    def ranks(self) -> range:
+        return range(self.parties)
+
+    def _fail(self, message: str) -> PartyFailure:
+        self.close(force=True)
+        return PartyFailure(message)
+
+    def _collect(self, kind: str, ranks: Any, *, phase: str) -> dict[int, Any]:
+        """Wait for ``kind`` from every rank; turn deaths, errors and timeouts into PartyFailure."""
+        waiting = set(ranks)
+        got: dict[int, Any] = {}
+        deadline = time.monotonic() + self.timeout
+        conn_rank = {id(self._conns[r]): r for r in waiting}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                names = ", ".join(f"party {r} ({role_of(r, self.parties)})" for r in sorted(waiting))
+                raise self._fail(f"{names} did not answer within {self.timeout:.0f} s during {phase}; all parties were stopped")
+            conns = [self._conns[r] for r in waiting]
+            for ready in wait(conns, timeout=min(left, 0.2)):
+                assert isinstance(ready, Connection)
+                rank = conn_rank[id(ready)]
+                try:
+                    what, _, payload = _recv(ready)
+                except (EOFError, OSError):
+                    continue  # the exit code below reports the death
+                if what == "error":
+                    raise self._fail(f"party {rank} ({role_of(rank, self.parties)}) failed during {phase}:\n{payload}")
+                if what == kind:
+                    got[rank] = payload
+                    waiting.discard(rank)
+            for rank in list(waiting):
+                proc = self._procs[rank]
+                if proc.poll() is not None and not self._conns[rank].poll():
+                    raise self._fail(
+                        f"party {rank} ({role_of(rank, self.parties)}) exited with code "
+                        f"{proc.returncode} during {phase}; the other parties were stopped"
+                    )
+        return got
+
+    def run(self, x: torch.Tensor, reveal: frozenset[str] = frozenset()) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[int, dict[str, Any]]]:
+        """Secret-share ``x`` from the data owner, evaluate, open the output to the data owner."""
+        if not self._procs:
+            raise PartyFailure("the party pool is closed; wrap the model again")
+        shape = tuple(x.shape)
+        for rank in self.ranks:
+            payload = x if rank == 1 else None  # the input goes to the data owner only
+            try:
+                _send(self._conns[rank], ("run", payload, shape, reveal))
+            except (BrokenPipeError, OSError):
+                raise self._fail(f"party {rank} ({role_of(rank, self.parties)}) is gone; all parties were stopped") from None
+        results = self._collect("result", self.ranks, phase="inference")
+        y, revealed, _ = results[1]
+        stats = {rank: r[2] for rank, r in results.items()}
+        return y, revealed, stats
+
+    def kill(self, rank: int) -> None:
+        """Kill one party abruptly (for failure testing)."""
+        self._procs[rank].kill()
+        self._procs[rank].wait()
+
+    def close(self, force: bool = False) -> None:
+        """Stop every party; graceful unless ``force`` or a party is stuck."""
+        if not self._procs:
+            return
+        if not force:
+            for rank in self.ranks:
+                try:
+                    _send(self._conns[rank], ("close",))
+                except (BrokenPipeError, OSError):
+                    force = True
+        deadline = time.monotonic() + (0 if force else 10)
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+
+    def __del__(self) -> None:
+        try:
+            self.close(force=True)
+        except Exception:
+            pass
+
+
+def child_main(rank: int) -> None:
+    """Entry point of a party process started by :class:`PartyPool`."""
+    host, port = os.environ["SECURE_INFER_PARENT"].rsplit(":", 1)
+    conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop("SECURE_INFER_AUTHKEY")))
+    _send(conn, ("hello", rank))
+    _, settings, graph = _recv(conn)
+    if graph is None:
+        dealer_main(settings, conn)
+    else:
+        party_main(settings, graph, conn)

@@ -1,0 +1,82 @@
+"""The party-side program: the IR evaluated on CrypTensors.
+
+Every party builds the same :class:`PartyProgram` from the same graph; only the
+model owner's copy carries real weights (:func:`weightless` makes the others').
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from secure_infer.backends.crypten import activations, linear, pooling  # noqa: F401  (register rules)
+from secure_infer.backends.crypten._rules import RULES, Apply
+from secure_infer.graph import Graph
+
+MODEL_OWNER = 0
+DATA_OWNER = 1
+
+
+def weightless(graph: Graph) -> Graph:
+    """A copy of ``graph`` whose parameters and buffers are all zero: shapes without secrets."""
+    blank = copy.deepcopy(graph)
+    with torch.no_grad():
+        for node in blank.nodes:
+            if node.module is not None:
+                for tensor in (*node.module.parameters(), *node.module.buffers()):
+                    tensor.zero_()
+    return blank
+
+
+class PartyProgram:
+    """The graph compiled for one party: weights shared once, then callable many times."""
+
+    def __init__(self, graph: Graph, crypten: Any, *, model_owner: int = MODEL_OWNER) -> None:
+        self.graph = graph
+        self._crypten = crypten
+
+        def share(tensor: torch.Tensor) -> Any:
+            return crypten.cryptensor(tensor.detach().clone(), src=model_owner)
+
+        self._apply: dict[str, Apply] = {}
+        for node in graph.nodes:
+            if node.op == "module":
+                assert node.module is not None
+                self._apply[node.name] = RULES.find(node).rule(node.module, node, share)
+
+    def __call__(self, x_enc: Any, *, reveal: frozenset[str] = frozenset(), dst: int | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Evaluate on shares; ``reveal`` names nodes whose values are opened to ``dst``.
+
+        Revealing intermediate values is only for calibration on the caller's own
+        sample input (to measure per-layer approximation error), never for user data.
+        """
+        crypten = self._crypten
+        rank = crypten.communicator.get().get_rank()
+        values: dict[str, Any] = {}
+        revealed: dict[str, torch.Tensor] = {}
+        for node in self.graph.nodes:
+            args = [values[i] for i in node.inputs]
+            if node.op == "input":
+                out = x_enc
+            elif node.op == "module":
+                out = self._apply[node.name](args[0])
+            elif node.op == "reshape":
+                out = args[0].reshape(args[0].size(0), *node.attrs["shape"])
+            elif node.op == "add":
+                out = args[0] + args[1]
+            elif node.op == "mul":
+                out = args[0] * args[1]
+            elif node.op == "cat":
+                out = crypten.cat(args, dim=node.attrs["dim"])
+            elif node.op == "output":
+                out = args[0]
+            else:  # pragma: no cover - the front end emits only the ops above
+                raise AssertionError(node.op)
+            values[node.name] = out
+            if node.name in reveal:
+                plain = out.get_plain_text(dst=dst)
+                if dst is None or rank == dst:  # elsewhere a reduce leaves a meaningless partial
+                    revealed[node.name] = plain
+        return values[self.graph.output.name], revealed

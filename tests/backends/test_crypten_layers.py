@@ -1,0 +1,153 @@
+"""Every listed layer agrees with plaintext under CrypTen.
+
+Run in the in-process simulation (parties=1): the arithmetic is the same as
+with real parties, which test_crypten_parties.py covers separately.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import secure_infer as si
+from secure_infer import zoo
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(2, 2, 3, padding=1)
+        self.b = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.a(x)) + self.b(x)
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 3)
+        self.b = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x), torch.tanh(self.b(x))], dim=1)
+
+
+def _bn(features: int, two_d: bool) -> nn.Module:
+    bn = nn.BatchNorm2d(features) if two_d else nn.BatchNorm1d(features)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    return bn
+
+
+# (id, model, input shape, tolerance)
+CASES = [
+    ("linear", lambda: nn.Linear(6, 4), (6,), 5e-3),
+    ("conv1d", lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), (2, 9), 5e-3),
+    ("conv2d-stride-pad", lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 7, 7), 5e-3),
+    ("conv2d-groups", lambda: nn.Conv2d(4, 4, 3, groups=2), (4, 6, 6), 5e-3),
+    ("batchnorm-folded", lambda: nn.Sequential(nn.Conv2d(2, 3, 3), _bn(3, True)), (2, 6, 6), 5e-3),
+    ("batchnorm-alone", lambda: nn.Sequential(nn.ReLU(), _bn(2, True)), (2, 4, 4), 5e-3),
+    ("batchnorm1d", lambda: nn.Sequential(nn.Linear(6, 4), _bn(4, False)), (6,), 5e-3),
+    ("relu", lambda: nn.Sequential(nn.Linear(6, 6), nn.ReLU()), (6,), 5e-3),
+    ("sigmoid", lambda: nn.Sequential(nn.Linear(6, 6), nn.Sigmoid()), (6,), 2e-2),
+    ("tanh", lambda: nn.Sequential(nn.Linear(6, 6), nn.Tanh()), (6,), 2e-2),
+    ("softmax", lambda: nn.Sequential(nn.Linear(6, 4), nn.Softmax(dim=1)), (6,), 2e-2),
+    ("log-softmax", lambda: nn.Sequential(nn.Linear(6, 4), nn.LogSoftmax(dim=1)), (6,), 5e-2),
+    ("maxpool", lambda: nn.MaxPool2d(2), (2, 6, 6), 5e-3),
+    ("avgpool", lambda: nn.AvgPool2d(2), (2, 6, 6), 5e-3),
+    ("adaptive-avgpool", lambda: nn.AdaptiveAvgPool2d((2, 2)), (2, 6, 6), 5e-3),
+    ("flatten", lambda: nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, 2)), (2, 3, 3), 5e-3),
+    ("dropout-identity", lambda: nn.Sequential(nn.Dropout(0.3), nn.Identity(), nn.Linear(6, 2)), (6,), 5e-3),
+    ("square", lambda: nn.Sequential(nn.Linear(6, 4), zoo.Square()), (6,), 1e-2),
+    ("residual-add", Residual, (2, 5, 5), 5e-3),
+    ("concat", Concat, (6,), 2e-2),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_layer_agrees_with_plaintext(case) -> None:
+    _, make, shape, tol = case
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(4, *shape)
+    with si.wrap(model, "crypten", sample_input=x[:1], parties=1) as enc:
+        y = enc(x, compare=True)
+        assert y.shape == model(x).shape
+        assert enc.last_run.max_abs_error is not None and enc.last_run.max_abs_error <= tol
+        assert torch.allclose(y, model(x).detach(), atol=tol)
+
+
+@pytest.mark.parametrize("name", zoo.available())
+def test_zoo_models_agree(trained_zoo, digits, name: str) -> None:
+    z = trained_zoo[name]
+    x = digits.x_test[:32]
+    with si.wrap(z.model, "crypten", sample_input=x[:1], parties=1) as enc:
+        y = enc(x)
+    plain = z.model(x).detach()
+    agreement = float((y.argmax(1) == plain.argmax(1)).float().mean())
+    assert agreement >= 31 / 32
+    # fixed point with 16 bits: errors stay far below the logit scale
+    assert float((y - plain).abs().median()) < 0.05
+
+
+def test_report_lists_every_layer_and_measures_approximations() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Sigmoid(), nn.Linear(4, 2)).eval()
+    x = torch.randn(2, 6)
+    with si.wrap(model, "crypten", sample_input=x[:1], parties=1) as enc:
+        report = enc.report()
+    kinds = {c.layer: c for c in report.conversions}
+    assert kinds["BatchNorm1d"].kind == "folded"
+    assert kinds["Sigmoid"].kind == "approximated"
+    assert kinds["Sigmoid"].max_abs_error is not None and kinds["Sigmoid"].max_abs_error < 2e-2
+    assert kinds["Linear"].kind == "exact"
+    assert report.sample_max_abs_error is not None
+    assert "SIMULATION" in str(report) and "Sigmoid" in str(report)
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (nn.Sequential(nn.Linear(4, 4), nn.GELU()), r"1: GELU.*ReLU"),
+        (nn.Sequential(nn.Conv2d(1, 1, 3, padding="same")), "padding"),
+        (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), "ceil_mode"),
+        (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "LayerNorm"),
+    ],
+)
+def test_unsupported_layers_are_named(model: nn.Module, match: str) -> None:
+    shape = (1, 4) if isinstance(model[0], nn.Linear) else (1, 1, 6, 6)
+    x = torch.randn(*shape)
+    report = si.check(model, "crypten", sample_input=x)
+    assert not report.ok and report.problems
+    with pytest.raises(si.UnsupportedModelError, match=match):
+        si.wrap(model, "crypten", sample_input=x, parties=1)
+
+
+def test_check_ok_model() -> None:
+    report = si.check(zoo.build("lenet", (1, 8, 8), 10), "crypten", sample_input=torch.rand(1, 1, 8, 8))
+    assert report.ok and not report.problems and "convertible" in str(report)
+
+
+def test_bad_call_inputs_are_clear() -> None:
+    model = nn.Linear(4, 2).eval()
+    with si.wrap(model, "crypten", sample_input=torch.randn(1, 4), parties=1) as enc:
+        with pytest.raises(si.ParameterError, match=r"\(batch, 4\)"):
+            enc(torch.randn(2, 5))
+        with pytest.raises(si.ParameterError, match="float"):
+            enc(torch.ones(2, 4, dtype=torch.int64))
+        with pytest.raises(si.ParameterError, match="NaN"):
+            enc(torch.full((1, 4), float("nan")))
+
+
+def test_bad_options_are_clear() -> None:
+    model = nn.Linear(4, 2).eval()
+    with pytest.raises(si.ParameterError, match="unknown option"):
+        si.wrap(model, "crypten", sample_input=torch.randn(1, 4), partys=2)
+    with pytest.raises(si.ParameterError, match="parties"):
+        si.wrap(model, "crypten", sample_input=torch.randn(1, 4), parties=0)
+    with pytest.raises(si.ParameterError, match="unknown backend"):
+        si.wrap(model, "paillier", sample_input=torch.randn(1, 4))
