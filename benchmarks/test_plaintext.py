@@ -10,12 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from secure_infer import datasets, zoo
-
-
-@pytest.fixture(scope="module")
-def digits() -> datasets.Dataset:
-    return datasets.load_digits(seed=0)
+from secure_infer import datasets, zoo  # noqa: F401
 
 
 @pytest.mark.parametrize("name", zoo.available())

@@ -6,9 +6,13 @@ CrypTen 0.4.1 (the last release, 2022) breaks on current PyTorch in two places:
   which moved to ``torch.onnx._internal.torchscript_exporter.registration``;
 * ``torch.onnx.export`` now defaults to the dynamo exporter, whose graphs
   CrypTen's converter does not understand; the TorchScript exporter must be
-  asked for with ``dynamo=False``.
+  asked for with ``dynamo=False``;
+* the exporter deduplicates equal initializers (two all-zero biases, say) and
+  links them with ONNX ``Identity`` nodes, which CrypTen's converter rejects
+  ("CrypTen does not support ONNX op Identity", CrypTen issue #418): an
+  Identity module is registered for it.
 
-:func:`load_crypten` applies both fixes once, explicitly, and returns the
+:func:`load_crypten` applies these fixes once, explicitly, and returns the
 ``crypten`` module. Nothing is patched at import time of secure_infer.
 """
 
@@ -92,7 +96,23 @@ def load_crypten() -> ModuleType:
             ) from exc
         if converter._export_pytorch_model is not _export_with_torchscript:
             converter._export_pytorch_model = _export_with_torchscript
+        if "Identity" not in converter.ONNX_TO_CRYPTEN:
+            converter.ONNX_TO_CRYPTEN["Identity"] = _identity_module_class(crypten)
         return crypten
+
+
+def _identity_module_class(crypten: ModuleType) -> type:
+    """A crypten.nn module for ONNX ``Identity``: passes its input through."""
+
+    class OnnxIdentity(crypten.nn.Module):  # type: ignore[name-defined,misc]
+        def forward(self, x: Any) -> Any:
+            return x
+
+        @staticmethod
+        def from_onnx(attributes: dict[str, Any] | None = None) -> OnnxIdentity:
+            return OnnxIdentity()
+
+    return OnnxIdentity
 
 
 def is_patched() -> bool:

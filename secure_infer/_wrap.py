@@ -84,9 +84,11 @@ class EncryptedModel:
     """
 
     def __init__(self, backend: str, graph: Graph, program: Program, conversions: list[Conversion],
-                 sample_error: float | None) -> None:
+                 sample_error: float | None, reference: Graph | None = None) -> None:
         self.backend = backend
         self.graph = graph
+        # what the caller's own model computes (before any opt-in rewrite)
+        self.reference = reference or graph
         self.program = program
         self._conversions = conversions
         self._sample_error = sample_error
@@ -96,7 +98,7 @@ class EncryptedModel:
         x = _validate_input(x, self.graph, "input")
         y = self.program(x)
         if compare and self.program.last_run is not None:
-            err = float((y - self.graph.run(x)).abs().max())
+            err = float((y - self.reference.run(x)).abs().max())
             stats = self.program.last_run
             self.program.last_run = RunStats(**{**stats.__dict__, "max_abs_error": err})
         return y
@@ -125,16 +127,28 @@ class EncryptedModel:
             pass
 
 
-def check(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tensor, **options: Any) -> CheckReport:
+def _front_end(model: nn.Module, sample_input: torch.Tensor, rewrites: Any) -> tuple[Graph, Graph]:
+    """(graph to compile, graph of the caller's model as given)."""
+    original = trace(model, sample_input)
+    if not rewrites:
+        return original, original
+    from secure_infer.rewrites import apply
+
+    return apply(original, rewrites, sample_input), original
+
+
+def check(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tensor,
+          rewrites: Any = (), **options: Any) -> CheckReport:
     """Say whether ``model`` converts for ``backend``, without starting anything."""
-    graph = trace(model, sample_input)
+    graph, _ = _front_end(model, sample_input, rewrites)
     impl = get_backend(backend)
     problems = impl.check(graph, **options)
     conversions = list(graph.conversions) + ([] if problems else impl.conversions(graph))
     return CheckReport(backend, not problems, tuple(problems), tuple(conversions))
 
 
-def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tensor, **options: Any) -> EncryptedModel:
+def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tensor,
+         rewrites: Any = (), **options: Any) -> EncryptedModel:
     """Compile ``model`` for encrypted inference with ``backend``.
 
     The model is traced once on ``sample_input`` (shape ``(batch, ...)``), the
@@ -142,11 +156,14 @@ def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tens
     and the sample is run encrypted once to measure the error of every
     approximated layer, which ``report()`` lists.
 
+    ``rewrites`` opts in to graph rewrites (see :mod:`secure_infer.rewrites`),
+    e.g. ``["pool-before-relu"]``; each is listed in ``report()`` with its effect.
+
     Raises:
         UnsupportedModelError: a layer the backend cannot run, naming its path.
         ParameterError: bad sample input or options.
     """
-    graph = trace(model, sample_input)
+    graph, original = _front_end(model, sample_input, rewrites)
     impl = get_backend(backend)
     conversions = list(graph.conversions) + impl.conversions(graph)
     program = impl.compile(graph, sample_input, **options)
@@ -160,7 +177,7 @@ def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tens
         else:
             y, revealed = program(sample), {}
         reference = graph.evaluate(sample)
-        sample_error = float((y - reference[graph.output.name]).abs().max())
+        sample_error = float((y - original.run(sample)).abs().max())
         measured = {approx_nodes[name].path: float((value - reference[name]).abs().max())
                     for name, value in revealed.items()}
         conversions = [
@@ -170,5 +187,5 @@ def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tens
     except BaseException:
         program.close()
         raise
-    return EncryptedModel(backend, graph, program, conversions, sample_error)
+    return EncryptedModel(backend, graph, program, conversions, sample_error, original)
 

@@ -25,7 +25,7 @@ from torch import fx, nn
 
 from secure_infer._errors import ParameterError, UnsupportedModelError
 
-__all__ = ["Conversion", "Graph", "Node", "trace"]
+__all__ = ["Conversion", "Graph", "GraphModule", "Node", "apply_node", "trace"]
 
 
 @dataclass
@@ -109,23 +109,32 @@ class Graph:
         values: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for n in self.nodes:
-                args = [values[i] for i in n.inputs]
-                if n.op == "input":
-                    values[n.name] = x
-                elif n.op == "module":
-                    assert n.module is not None
-                    values[n.name] = n.module(*args)
-                elif n.op == "reshape":
-                    values[n.name] = args[0].reshape(args[0].shape[0], *n.attrs["shape"])
-                elif n.op == "add":
-                    values[n.name] = args[0] + args[1]
-                elif n.op == "mul":
-                    values[n.name] = args[0] * args[1]
-                elif n.op == "cat":
-                    values[n.name] = torch.cat(args, dim=n.attrs["dim"])
-                elif n.op == "output":
-                    values[n.name] = args[0]
+                values[n.name] = apply_node(n, [values[i] for i in n.inputs], x, n.module)
         return values
+
+
+def apply_node(node: Node, args: list[Any], graph_input: Any, layer: Any, cat: Any = torch.cat) -> Any:
+    """One step of the IR on any tensor type that has the torch methods used.
+
+    ``layer`` computes a module node (the module itself, or a backend's rule);
+    ``cat`` concatenates (``crypten.cat`` for CrypTensors). Every interpreter of
+    the IR (plaintext, trainable, CrypTen) goes through here.
+    """
+    if node.op == "input":
+        return graph_input
+    if node.op == "module":
+        return layer(args[0])
+    if node.op == "reshape":
+        return args[0].reshape(args[0].size(0), *node.attrs["shape"])
+    if node.op == "add":
+        return args[0] + args[1]
+    if node.op == "mul":
+        return args[0] * args[1]
+    if node.op == "cat":
+        return cat(args, dim=node.attrs["dim"])
+    if node.op == "output":
+        return args[0]
+    raise AssertionError(f"unknown IR op {node.op!r}")  # the front end emits only the ops above
 
 
 # Functional calls and their module equivalents (built from the call's arguments).
@@ -357,3 +366,22 @@ def _drop_identities(graph: Graph) -> None:
             )
             _replace_uses(graph, n.name, n.inputs[0])
             graph.nodes.remove(n)
+
+
+class GraphModule(nn.Module):
+    """An ``nn.Module`` that runs a :class:`Graph`: trainable, so a rewritten
+    graph can be fine-tuned with ordinary PyTorch before it is wrapped."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = copy.deepcopy(graph)
+        self.layers = nn.ModuleDict(
+            {n.name: n.module for n in self.graph.nodes if n.op == "module" and n.module is not None}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: dict[str, torch.Tensor] = {}
+        for n in self.graph.nodes:
+            layer = self.layers[n.name] if n.name in self.layers else None
+            values[n.name] = apply_node(n, [values[i] for i in n.inputs], x, layer)
+        return values[self.graph.output.name]

@@ -36,3 +36,17 @@ def test_from_pytorch_converts_and_computes() -> None:
     out = enc(crypten.cryptensor(x)).get_plain_text()
     assert out.shape == (2, 4)
     assert float((out - model(x)).abs().max()) < 1e-2
+
+
+def test_deduplicated_initializers_convert() -> None:
+    """Two equal biases become an ONNX Identity; raw CrypTen rejects it (issue #418)."""
+    crypten = load_crypten()
+    crypten.init()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4)).eval()
+    with torch.no_grad():
+        model[0].bias.zero_()
+        model[2].bias.zero_()
+    x = torch.randn(3, 4)
+    enc = crypten.nn.from_pytorch(model, x[:1]).encrypt()
+    out = enc(crypten.cryptensor(x)).get_plain_text()
+    assert float((out - model(x).detach()).abs().max()) < 1e-2

@@ -16,7 +16,7 @@ import torch
 from secure_infer._errors import ParameterError, PartyFailure, UnsupportedModelError
 from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
-from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram, weightless
+from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram, native_onnx, weightless
 from secure_infer.backends.crypten._rules import RULES
 from secure_infer.graph import Conversion, Graph
 
@@ -28,7 +28,7 @@ class CryptenProgram(Program):
 
     def __init__(self, graph: Graph, *, parties: int = 2, dealer: bool = False, port: int | None = None,
                  master_addr: str = "127.0.0.1", timeout: float = 300.0, threads: int = 1,
-                 precision_bits: int = 16) -> None:
+                 precision_bits: int = 16, native_model: torch.nn.Module | None = None) -> None:
         if not isinstance(parties, int) or parties < 1:
             raise ParameterError(f"parties must be an integer >= 1, got {parties!r}")
         if dealer and parties < 2:
@@ -46,10 +46,15 @@ class CryptenProgram(Program):
             self._crypten = _init_in_process(precision_bits)
             self._local = PartyProgram(graph, self._crypten)
         else:
-            from secure_infer.backends.crypten._pool import PartyPool
+            from secure_infer.backends.crypten._pool import NativeSpec, PartyPool
 
+            owner: Graph | NativeSpec = graph
+            blank: Graph | NativeSpec = weightless(graph)
+            if native_model is not None:
+                real, zeroed = native_onnx(native_model, torch.zeros(1, *graph.input_shape[1:]))
+                owner, blank = NativeSpec(real), NativeSpec(zeroed)
             self._pool = PartyPool(
-                graph, weightless(graph), parties=parties, dealer=dealer, port=port,
+                owner, blank, parties=parties, dealer=dealer, port=port,
                 master_addr=master_addr, timeout=timeout, threads=threads, precision_bits=precision_bits,
             )
 
@@ -121,6 +126,19 @@ class CryptenProgram(Program):
         }
 
 
+def native_crypten(model: torch.nn.Module, sample_input: torch.Tensor, *, parties: int = 2, **options: Any) -> CryptenProgram:
+    """Raw CrypTen (its own ``from_pytorch`` converter) in the same party processes.
+
+    For benchmarks only: it is the anchor the wrapper's overhead is measured
+    against. It has none of ``wrap``'s checks, reports or error translation.
+    """
+    from secure_infer.graph import trace
+
+    if parties < 2:
+        raise ParameterError("native_crypten runs real parties: parties must be >= 2")
+    return CryptenProgram(trace(model, sample_input), parties=parties, native_model=model.eval(), **options)
+
+
 _IN_PROCESS: dict[str, Any] = {}
 
 
@@ -180,4 +198,4 @@ def _factory() -> Backend:
     return CryptenBackend()
 
 
-__all__ = ["DATA_OWNER", "CryptenBackend", "CryptenProgram"]
+__all__ = ["DATA_OWNER", "CryptenBackend", "CryptenProgram", "native_crypten"]

@@ -31,6 +31,20 @@ import torch
 from secure_infer._errors import ParameterError, PartyFailure
 from secure_infer.graph import Graph
 
+
+@dataclass(frozen=True)
+class NativeSpec:
+    """CrypTen's own converter (``crypten.nn.from_pytorch``) as the party program.
+
+    The benchmarks' anchor: the same model and parties with secure-infer's
+    translation taken out, so the wrapper's overhead can be measured. The
+    coordinator exports the ONNX graph once (CrypTen's own export path); the
+    model owner gets it with weights, the others with zeroed initializers, so
+    every party converts the identical graph.
+    """
+
+    onnx_bytes: bytes
+
 ROLE_NAMES = {0: "model owner", 1: "data owner"}
 
 
@@ -116,9 +130,9 @@ def dealer_main(settings: PartySettings, conn: Connection) -> None:
         raise SystemExit(1) from None
 
 
-def party_main(settings: PartySettings, graph: Graph, conn: Connection) -> None:
+def party_main(settings: PartySettings, graph: Graph | NativeSpec, conn: Connection) -> None:
     """Run one party: set up, share the weights, then serve ``run`` requests."""
-    from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram
+    from secure_infer.backends.crypten._program import DATA_OWNER, NativeProgram, PartyProgram
 
     try:
         crypten = _configure(settings)
@@ -126,7 +140,7 @@ def party_main(settings: PartySettings, graph: Graph, conn: Connection) -> None:
         crypten.init()
         comm = crypten.communicator.get()
         comm.reset_communication_stats()
-        program = PartyProgram(graph, crypten)
+        program = PartyProgram(graph, crypten) if isinstance(graph, Graph) else NativeProgram(graph, crypten)
         setup = comm.get_communication_stats()
         _send(conn, ("ready", settings.rank, {"setup_s": time.perf_counter() - started, **setup}))
         while True:
@@ -161,8 +175,8 @@ class PartyPool:
 
     def __init__(
         self,
-        graph: Graph,
-        weightless_graph: Graph,
+        graph: Graph | NativeSpec,
+        weightless_graph: Graph | NativeSpec,
         *,
         parties: int = 2,
         dealer: bool = False,

@@ -13,7 +13,7 @@ import torch
 
 from secure_infer.backends.crypten import activations, linear, pooling  # noqa: F401  (register rules)
 from secure_infer.backends.crypten._rules import RULES, Apply
-from secure_infer.graph import Graph
+from secure_infer.graph import Graph, apply_node
 
 MODEL_OWNER = 0
 DATA_OWNER = 1
@@ -57,26 +57,44 @@ class PartyProgram:
         values: dict[str, Any] = {}
         revealed: dict[str, torch.Tensor] = {}
         for node in self.graph.nodes:
-            args = [values[i] for i in node.inputs]
-            if node.op == "input":
-                out = x_enc
-            elif node.op == "module":
-                out = self._apply[node.name](args[0])
-            elif node.op == "reshape":
-                out = args[0].reshape(args[0].size(0), *node.attrs["shape"])
-            elif node.op == "add":
-                out = args[0] + args[1]
-            elif node.op == "mul":
-                out = args[0] * args[1]
-            elif node.op == "cat":
-                out = crypten.cat(args, dim=node.attrs["dim"])
-            elif node.op == "output":
-                out = args[0]
-            else:  # pragma: no cover - the front end emits only the ops above
-                raise AssertionError(node.op)
+            out = apply_node(node, [values[i] for i in node.inputs], x_enc, self._apply.get(node.name), crypten.cat)
             values[node.name] = out
             if node.name in reveal:
                 plain = out.get_plain_text(dst=dst)
                 if dst is None or rank == dst:  # elsewhere a reduce leaves a meaningless partial
                     revealed[node.name] = plain
         return values[self.graph.output.name], revealed
+
+
+class NativeProgram:
+    """CrypTen's own ONNX-based converter, run as a party program (benchmark anchor)."""
+
+    def __init__(self, spec: Any, crypten: Any, *, model_owner: int = MODEL_OWNER) -> None:
+        import io
+
+        self._model = crypten.nn.from_onnx(io.BytesIO(spec.onnx_bytes))
+        self._model.encrypt(src=model_owner)
+        self._model.eval()
+
+    def __call__(self, x_enc: Any, *, reveal: frozenset[str] = frozenset(), dst: int | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
+        return self._model(x_enc), {}
+
+
+def native_onnx(model: torch.nn.Module, sample_input: torch.Tensor) -> tuple[bytes, bytes]:
+    """CrypTen's export of ``model``: (with weights, with every initializer zeroed)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from secure_infer._crypten_compat import load_crypten
+
+    load_crypten()
+    from crypten.nn.onnx_converter import _from_pytorch_to_bytes
+
+    with torch.no_grad():
+        real = _from_pytorch_to_bytes(model, sample_input).getvalue()
+    proto = onnx.load_from_string(real)
+    for init in proto.graph.initializer:
+        zero = numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name)
+        init.CopyFrom(zero)
+    return real, proto.SerializeToString()
