@@ -10,7 +10,12 @@ CrypTen 0.4.1 (the last release, 2022) breaks on current PyTorch in two places:
 * the exporter deduplicates equal initializers (two all-zero biases, say) and
   links them with ONNX ``Identity`` nodes, which CrypTen's converter rejects
   ("CrypTen does not support ONNX op Identity", CrypTen issue #418): an
-  Identity module is registered for it.
+  Identity module is registered for it;
+* ``FixedPointEncoder.decode`` divides negative values by ``scale - 1``: a
+  negative value whose fraction lies within ``|x| / 2**16`` of the next
+  integer decodes 1.0 too low (-5.99995 -> -6.99995). With 16-bit precision
+  about one logit in 10^4 came back off by exactly 1.0. ``decode`` is replaced
+  by an exact floor-division split.
 
 :func:`load_crypten` applies these fixes once, explicitly, and returns the
 ``crypten`` module. Nothing is patched at import time of secure_infer.
@@ -98,7 +103,28 @@ def load_crypten() -> ModuleType:
             converter._export_pytorch_model = _export_with_torchscript
         if "Identity" not in converter.ONNX_TO_CRYPTEN:
             converter.ONNX_TO_CRYPTEN["Identity"] = _identity_module_class(crypten)
+        encoder = importlib.import_module("crypten.encoder").FixedPointEncoder
+        if encoder.decode is not _decode_fixed_point:
+            encoder.decode = _decode_fixed_point
         return crypten
+
+
+def _decode_fixed_point(self: Any, tensor: Any) -> Any:
+    """Exact decode: integer part by floor division, fraction from the remainder."""
+    import torch
+
+    if tensor is None:
+        return None
+    if tensor.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError("FixedPointEncoder.decode needs an integer tensor")
+    scale = self._scale
+    if scale > 1:
+        whole = tensor.div(scale, rounding_mode="floor")
+        fraction = tensor - whole * scale  # in [0, scale)
+        return (whole.float() + fraction.float() / scale).data
+    from crypten.common.util import nearest_integer_division
+
+    return nearest_integer_division(tensor, scale).data
 
 
 def _identity_module_class(crypten: ModuleType) -> type:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from secure_infer.backends import get_backend
 from secure_infer.backends.base import Program, RunStats
 from secure_infer.graph import Conversion, Graph, trace
 
-__all__ = ["CheckReport", "EncryptedModel", "Report", "check", "wrap"]
+__all__ = ["CheckReport", "EncryptedModel", "Evaluation", "Report", "check", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,24 @@ class Report:
         if self.sample_max_abs_error is not None:
             lines.append(f"  whole model: max abs error vs plaintext on sample_input = {self.sample_max_abs_error:.3e}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An encrypted pass over a data set, set against plaintext on the same inputs.
+
+    ``bytes_per_input`` counts all parties' traffic (MPC) or ciphertexts (HE).
+    """
+
+    n: int
+    batch_size: int
+    agreement: float
+    accuracy: float | None
+    plaintext_accuracy: float | None
+    max_abs_error: float
+    seconds_per_input: float
+    bytes_per_input: float
+    rounds_per_batch: float
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,46 @@ class EncryptedModel:
             stats = self.program.last_run
             self.program.last_run = RunStats(**{**stats.__dict__, "max_abs_error": err})
         return y
+
+    def evaluate(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        batch_size: int = 64,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Evaluation:
+        """Run a whole data set encrypted, batch by batch, against plaintext.
+
+        ``on_batch(n)`` is called after each batch of ``n`` inputs (progress bars).
+        """
+        if batch_size < 1:
+            raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
+        outputs, seconds, sent, rounds = [], 0.0, 0, 0
+        for start in range(0, len(x), batch_size):
+            chunk = x[start : start + batch_size]
+            outputs.append(self(chunk))
+            run = self.program.last_run
+            assert run is not None
+            seconds += run.wall_s
+            sent += run.bytes_sent or 0
+            rounds += run.rounds or 0
+            if on_batch is not None:
+                on_batch(len(chunk))
+        encrypted = torch.cat(outputs)
+        plain = self.reference.run(_validate_input(x, self.graph, "x"))
+        n = len(x)
+        return Evaluation(
+            n=n,
+            batch_size=batch_size,
+            agreement=float((encrypted.argmax(1) == plain.argmax(1)).float().mean()),
+            accuracy=None if y is None else float((encrypted.argmax(1) == y).float().mean()),
+            plaintext_accuracy=None if y is None else float((plain.argmax(1) == y).float().mean()),
+            max_abs_error=float((encrypted - plain).abs().max()),
+            seconds_per_input=seconds / n,
+            bytes_per_input=sent / n,
+            rounds_per_batch=rounds / max(1, -(-n // batch_size)),
+        )
 
     @property
     def last_run(self) -> RunStats | None:

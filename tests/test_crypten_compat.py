@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from secure_infer._crypten_compat import is_patched, load_crypten
@@ -50,3 +51,24 @@ def test_deduplicated_initializers_convert() -> None:
     enc = crypten.nn.from_pytorch(model, x[:1]).encrypt()
     out = enc(crypten.cryptensor(x)).get_plain_text()
     assert float((out - model(x).detach()).abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize("value", [-5.99995, -0.25, -1.0, -123.99999, 0.0, 3.5, 7.99999])
+def test_fixed_point_decode_is_exact(value: float) -> None:
+    """CrypTen 0.4.1 decodes -5.99995 as -6.99995; the layer fixes it."""
+    load_crypten()
+    from crypten.encoder import FixedPointEncoder
+
+    enc = FixedPointEncoder(precision_bits=16)
+    x = torch.tensor([value])
+    assert float((enc.decode(enc.encode(x)) - x).abs().max()) < 2**-15
+
+
+def test_matmul_has_no_unit_errors() -> None:
+    """The decode bug showed up as rare errors of exactly 1.0 in matmul outputs."""
+    crypten = load_crypten()
+    crypten.init()
+    torch.manual_seed(0)
+    x, w = torch.rand(256, 64) * 5, torch.randn(64, 100) * 0.3
+    y = crypten.cryptensor(x).matmul(crypten.cryptensor(w)).get_plain_text()
+    assert float((y - x @ w).abs().max()) < 1e-2

@@ -54,7 +54,7 @@ class CryptenProgram(Program):
                 real, zeroed = native_onnx(native_model, torch.zeros(1, *graph.input_shape[1:]))
                 owner, blank = NativeSpec(real), NativeSpec(zeroed)
             self._pool = PartyPool(
-                owner, blank, parties=parties, dealer=dealer, port=port,
+                [owner] + [blank] * (parties - 1), dealer=dealer, port=port,
                 master_addr=master_addr, timeout=timeout, threads=threads, precision_bits=precision_bits,
             )
 

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener, wait
 from typing import Any
@@ -130,8 +131,23 @@ def dealer_main(settings: PartySettings, conn: Connection) -> None:
         raise SystemExit(1) from None
 
 
-def party_main(settings: PartySettings, graph: Graph | NativeSpec, conn: Connection) -> None:
-    """Run one party: set up, share the weights, then serve ``run`` requests."""
+class PartyJob:
+    """A one-shot computation every party runs once (encrypted training, say).
+
+    ``run(crypten, rank)`` executes inside the party after ``crypten.init()``;
+    each rank's job object carries only that rank's own data.
+    """
+
+    def run(self, crypten: Any, rank: int) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def party_main(settings: PartySettings, graph: Graph | NativeSpec | PartyJob, conn: Connection) -> None:
+    """Run one party: set up, share the weights, then serve ``run`` requests.
+
+    With a :class:`PartyJob` payload, run the job once and report its result
+    (with communication statistics) as the ``ready`` message instead.
+    """
     from secure_infer.backends.crypten._program import DATA_OWNER, NativeProgram, PartyProgram
 
     try:
@@ -140,6 +156,15 @@ def party_main(settings: PartySettings, graph: Graph | NativeSpec, conn: Connect
         crypten.init()
         comm = crypten.communicator.get()
         comm.reset_communication_stats()
+        if isinstance(graph, PartyJob):
+            result = graph.run(crypten, settings.rank)
+            stats = comm.get_communication_stats()
+            _send(conn, ("ready", settings.rank, {"result": result, "seconds": time.perf_counter() - started, **stats}))
+            graph = None
+            while _recv(conn)[0] != "close":
+                pass
+            crypten.uninit()
+            return
         program = PartyProgram(graph, crypten) if isinstance(graph, Graph) else NativeProgram(graph, crypten)
         setup = comm.get_communication_stats()
         _send(conn, ("ready", settings.rank, {"setup_s": time.perf_counter() - started, **setup}))
@@ -175,10 +200,8 @@ class PartyPool:
 
     def __init__(
         self,
-        graph: Graph | NativeSpec,
-        weightless_graph: Graph | NativeSpec,
+        payloads: Sequence[Any],
         *,
-        parties: int = 2,
         dealer: bool = False,
         master_addr: str = "127.0.0.1",
         port: int | None = None,
@@ -186,6 +209,7 @@ class PartyPool:
         threads: int = 1,
         precision_bits: int = 16,
     ) -> None:
+        parties = len(payloads)
         if parties < 2:
             raise ParameterError("a party pool needs at least 2 parties (parties=1 is the in-process simulation)")
         if port is None:
@@ -224,7 +248,7 @@ class PartyPool:
         self._conns = [by_rank[r] for r in range(total)]
         for rank, conn in enumerate(self._conns):
             settings = PartySettings(parties, rank, master_addr, port, dealer, threads, precision_bits)
-            payload = None if rank == parties else (graph if rank == 0 else weightless_graph)
+            payload = None if rank == parties else payloads[rank]
             _send(conn, ("init", settings, payload))
         ready = self._collect("ready", range(total), phase="start-up")
         self.setup = dict(ready)
