@@ -99,3 +99,45 @@ def test_encrypted(benchmark, programs, name, key, batch, mnist_lenet, digits) -
     y = benchmark.pedantic(program, args=(x,), rounds=ROUNDS[batch], warmup_rounds=1)
     _record(benchmark, program if not hasattr(program, "program") else program.program)
     assert y.shape == (batch, 10)
+
+
+@pytest.mark.parametrize("started_first", ["raw-crypten", "secure-infer"])
+def test_wrapper_overhead_interleaved(benchmark, mnist_lenet, started_first: str) -> None:
+    """The wrapper's overhead over raw CrypTen, calls interleaved so drift cancels.
+
+    Which pool starts first measurably changes its speed on this machine (about
+    10%), so both orders are run; the ratio is in extra_info.
+    """
+    import statistics
+    import time
+
+    model, x = mnist_lenet
+    makers = {
+        "raw-crypten": lambda: native_crypten(model, x[:1]),
+        "secure-infer": lambda: si.wrap(model, "crypten", sample_input=x[:1]),
+    }
+    order = [started_first] + [k for k in makers if k != started_first]
+    enc_holder = {}
+    for key in order:
+        enc_holder[key] = makers[key]()
+    raw, wrapped = enc_holder["raw-crypten"], enc_holder["secure-infer"]
+    benchmark.group = "crypten wrapper overhead (lenet28)"
+    try:
+        for batch, repeats in ((1, 10), (64, 4)):
+            times: dict[str, list[float]] = {"raw": [], "wrap": []}
+            raw(x[:batch])
+            wrapped(x[:batch])
+            for i in range(repeats):
+                pair = [("raw", raw), ("wrap", wrapped)]
+                for name, program in pair if i % 2 == 0 else pair[::-1]:
+                    t0 = time.perf_counter()
+                    program(x[:batch])
+                    times[name].append(time.perf_counter() - t0)
+            ratio = statistics.median(times["wrap"]) / statistics.median(times["raw"])
+            benchmark.extra_info[f"b{batch}_raw_s"] = statistics.median(times["raw"])
+            benchmark.extra_info[f"b{batch}_wrap_s"] = statistics.median(times["wrap"])
+            benchmark.extra_info[f"b{batch}_ratio"] = ratio
+        benchmark.pedantic(wrapped, args=(x[:1],), rounds=1, iterations=1)
+    finally:
+        raw.close()
+        wrapped.close()
