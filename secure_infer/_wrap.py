@@ -226,6 +226,7 @@ def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tens
     impl = get_backend(backend)
     conversions = list(graph.conversions) + impl.conversions(graph)
     program = impl.compile(graph, sample_input, **options)
+    conversions = getattr(program, "conversions", None) or conversions
     try:
         sample = _validate_input(sample_input, graph, "sample_input")
         approx_nodes = {n.name: n for n in graph.nodes if n.op == "module"

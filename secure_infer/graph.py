@@ -173,9 +173,10 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, nn.Sequential | nn.ModuleList | nn.ModuleDict):
             return False
+        from secure_infer.approximations import PolyActivation
         from secure_infer.zoo import Square
 
-        return type(m).__module__.startswith("torch.nn") or isinstance(m, Square)
+        return type(m).__module__.startswith("torch.nn") or isinstance(m, Square | PolyActivation)
 
 
 def _trace_fx(model: nn.Module) -> fx.GraphModule:

@@ -17,7 +17,7 @@ __all__ = ["Backend", "LayerRules", "Program", "RunStats", "available", "get_bac
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 # Built-in backends are imported lazily: CrypTen and TenSEAL are heavy imports.
-_BUILTIN_MODULES = {"crypten": "secure_infer.backends.crypten"}
+_BUILTIN_MODULES = {"crypten": "secure_infer.backends.crypten", "tenseal": "secure_infer.backends.tenseal"}
 
 
 def register_backend(name: str) -> Callable[[Callable[[], Backend]], Callable[[], Backend]]:

@@ -69,17 +69,37 @@ class Program(ABC):
 
 
 class Backend(ABC):
-    """Turns a traced graph into a :class:`Program`."""
+    """Turns a traced graph into a :class:`Program`.
+
+    Subclasses name their accepted ``options`` and implement :meth:`build`;
+    :meth:`compile` validates options and refuses unsupported models first.
+    """
 
     name: str
+    options: frozenset[str] = frozenset()
+
+    def compile(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> Program:
+        """Validate, then build the program; may start party processes or generate keys."""
+        unknown = set(options) - self.options
+        if unknown:
+            from secure_infer._errors import ParameterError
+
+            raise ParameterError(
+                f"unknown option(s) for backend={self.name!r}: {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(sorted(self.options))}"
+            )
+        problems = self.check(graph, **options)
+        if problems:
+            raise problems[0]
+        return self.build(graph, sample_input, **options)
+
+    @abstractmethod
+    def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> Program:
+        """Build the program for a graph that passed :meth:`check`."""
 
     @abstractmethod
     def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
         """Problems that would stop :meth:`compile`, without building anything."""
-
-    @abstractmethod
-    def compile(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> Program:
-        """Build the program; may start party processes or generate keys."""
 
     @abstractmethod
     def conversions(self, graph: Graph) -> list[Conversion]:

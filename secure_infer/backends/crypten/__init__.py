@@ -161,6 +161,7 @@ def _init_in_process(precision_bits: int) -> Any:
 
 class CryptenBackend(Backend):
     name = "crypten"
+    options = frozenset(_OPTIONS)
 
     def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
         problems = RULES.problems(graph)
@@ -180,16 +181,7 @@ class CryptenBackend(Backend):
     def conversions(self, graph: Graph) -> list[Conversion]:
         return RULES.conversions(graph)
 
-    def compile(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> CryptenProgram:
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ParameterError(
-                f"unknown option(s) for backend='crypten': {', '.join(sorted(unknown))}; "
-                f"accepted: {', '.join(sorted(_OPTIONS))}"
-            )
-        problems = self.check(graph)
-        if problems:
-            raise problems[0]
+    def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> CryptenProgram:
         return CryptenProgram(graph, **options)
 
 

@@ -1,0 +1,255 @@
+"""The TenSEAL backend: models compiled to CKKS homomorphic programs.
+
+The caller keeps the secret key (:class:`~._seal.ClientKeys`); the evaluating
+side (:class:`~._seal.ServerContext`) is built from public material only: the
+public key, relinearization keys and Galois keys for exactly the rotations the
+program uses. ``mode="latency"`` packs one input per ciphertext (diagonal
+method, few rotation keys); ``mode="batch"`` packs one input per slot
+(CryptoNets SIMD) for throughput.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_infer._errors import ParameterError, UnsupportedModelError
+from secure_infer.backends import register_backend
+from secure_infer.backends.base import Backend, Program, RunStats
+from secure_infer.backends.tenseal._compile import Compiled, compile_graph
+from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
+from secure_infer.backends.tenseal._params import CKKSParameters, choose
+from secure_infer.backends.tenseal._rules import RULES
+from secure_infer.backends.tenseal._seal import ClientKeys, ServerContext, serialized_size
+from secure_infer.graph import Conversion, Graph
+
+MODES = ("latency", "batch")
+_OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
+            "margin"}
+
+
+class TensealProgram(Program):
+    """A model compiled to CKKS: encrypts, evaluates on ciphertexts, decrypts."""
+
+    def __init__(self, graph: Graph, sample_input: torch.Tensor, *, mode: str = "latency",
+                 calibration: torch.Tensor | None = None, poly_degree: int | None = None,
+                 poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
+                 scale_bits: int | None = None, margin: float = 0.1) -> None:
+        if mode not in MODES:
+            raise ParameterError(f"mode must be one of {MODES}, got {mode!r}")
+        calib = sample_input if calibration is None else calibration
+        if not isinstance(calib, torch.Tensor) or tuple(calib.shape[1:]) != tuple(graph.input_shape[1:]):
+            raise ParameterError(f"calibration must be a tensor shaped (n, {', '.join(map(str, graph.input_shape[1:]))})")
+        self.mode = mode
+        self.graph = graph
+        self.compiled: Compiled = compile_graph(graph, calib.float(), degree=poly_degree, margin=margin)
+        with torch.no_grad():
+            calib_out = self.compiled.approximated.run(calib.float())
+        low, high = float(calib.min()), float(calib.max())
+        pad = margin * max(high - low, 1e-3)
+        self.input_range = (low - pad, high + pad)
+        # Worst case over every input the client may send (each element in
+        # input_range), not just the calibration set: sizes the first prime so
+        # that no allowed input can wrap around the modulus and decrypt to garbage.
+        max_out = max(float(calib_out.abs().max()), output_bound_for(self.compiled, *self.input_range))
+        self.worst_case_output = max_out
+        depth = self.compiled.depth
+        slots_needed = LatencyPlan.periods_fit(self.compiled, 1 << 30) if mode == "latency" else 1
+        if coeff_mod_bit_sizes is not None or poly_modulus_degree is not None:
+            if coeff_mod_bit_sizes is None or poly_modulus_degree is None:
+                raise ParameterError("give poly_modulus_degree and coeff_mod_bit_sizes together")
+            self.params = CKKSParameters(int(poly_modulus_degree), tuple(int(b) for b in coeff_mod_bit_sizes),
+                                         int(scale_bits or coeff_mod_bit_sizes[1]))
+            self.params.validate()
+            if self.params.depth < depth:
+                raise ParameterError(f"the program needs depth {depth}; coeff_mod_bit_sizes give {self.params.depth}")
+            if self.params.slots < slots_needed:
+                raise ParameterError(f"latency mode needs {slots_needed} slots; N={poly_modulus_degree} has {self.params.slots}")
+        else:
+            self.params = choose(depth, max_abs_output=max_out, slots_needed=slots_needed, scale_bits=scale_bits)
+        self.output_bound = 2.0 ** (self.params.coeff_mod_bit_sizes[0] - self.params.scale_bits - 1)
+        if max_out > self.output_bound:
+            raise ParameterError(
+                f"outputs can reach {max_out:.3g} for inputs in [{self.input_range[0]:.3g}, {self.input_range[1]:.3g}], but the first prime "
+                f"({self.params.coeff_mod_bit_sizes[0]} bits at scale 2^{self.params.scale_bits}) holds only "
+                f"|y| <= {self.output_bound:.3g}: decryption would return garbage. Use a larger first prime "
+                "or let secure-infer choose the parameters"
+            )
+        slots = self.params.slots
+        started = time.perf_counter()
+        if mode == "latency":
+            self.plan: LatencyPlan | BatchPlan = LatencyPlan(self.compiled, None, slots)
+            steps = tuple(sorted(self.plan.rotation_steps))
+        else:
+            self.plan = BatchPlan(self.compiled, None, slots)
+            steps = ()
+        # client side: keys; only public material crosses to the server object
+        self.client = ClientKeys(self.params, steps)
+        self.server = ServerContext(self.params, self.client.public)
+        if isinstance(self.plan, LatencyPlan):
+            self.plan.encode_weights(self.server)
+        else:
+            self.plan.server = self.server
+        self.setup_s = time.perf_counter() - started
+        self.key_bytes = self.client.public.sizes()
+        self.conversions = list(graph.conversions) + _conversions(graph, self.compiled)
+        self._ct_in_bytes: int | None = None
+
+    def _check_input(self, x: torch.Tensor) -> np.ndarray:
+        low, high = self.input_range
+        if float(x.min()) < low or float(x.max()) > high:
+            raise ParameterError(
+                f"input values span [{float(x.min()):.3g}, {float(x.max()):.3g}], outside the calibrated range "
+                f"[{low:.3g}, {high:.3g}]; the polynomial approximations and CKKS parameters would give garbage: "
+                "wrap again with calibration= covering such inputs"
+            )
+        return x.detach().double().reshape(len(x), -1).numpy()
+
+    def _check_output(self, y: np.ndarray) -> None:
+        if not np.isfinite(y).all() or np.abs(y).max() > self.output_bound:
+            raise ParameterError(
+                f"decrypted outputs exceed what the CKKS parameters can hold (|y| <= {self.output_bound:.3g}): "
+                "the result would be garbage. Calibrate with inputs like this one, or give a larger first prime"
+            )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = self._check_input(x)
+        started = time.perf_counter()
+        enc_s = comp_s = dec_s = 0.0
+        outputs = []
+        n_in = n_out = 0
+        if isinstance(self.plan, LatencyPlan):
+            for row in flat:
+                t0 = time.perf_counter()
+                ct = self.client.encrypt(self.plan.pack(row))
+                t1 = time.perf_counter()
+                out = self.plan.run(ct)
+                t2 = time.perf_counter()
+                values = self.client.decrypt(out)[: self.compiled.output_size]
+                t3 = time.perf_counter()
+                enc_s, comp_s, dec_s = enc_s + t1 - t0, comp_s + t2 - t1, dec_s + t3 - t2
+                outputs.append(values)
+                n_in, n_out = n_in + 1, n_out + 1
+            y = np.stack(outputs)
+            last_in, last_out = ct, out
+        else:
+            chunks = []
+            for start in range(0, len(flat), self.params.slots):
+                block = flat[start : start + self.params.slots]
+                t0 = time.perf_counter()
+                cts = [self.client.encrypt(block[:, j]) for j in range(block.shape[1])]
+                t1 = time.perf_counter()
+                outs = self.plan.run(cts)
+                t2 = time.perf_counter()
+                chunk = np.stack([self.client.decrypt(o)[: len(block)] for o in outs], axis=1)
+                t3 = time.perf_counter()
+                enc_s, comp_s, dec_s = enc_s + t1 - t0, comp_s + t2 - t1, dec_s + t3 - t2
+                chunks.append(chunk)
+                n_in, n_out = n_in + len(cts), n_out + len(outs)
+            y = np.concatenate(chunks)
+            last_in, last_out = cts[0], outs[0]
+        self._check_output(y)
+        if self._ct_in_bytes is None:
+            self._ct_in_bytes = serialized_size(last_in)
+            self._ct_out_bytes = serialized_size(last_out)
+        self.last_run = RunStats(
+            backend="tenseal", batch_size=len(flat), wall_s=time.perf_counter() - started,
+            encrypt_s=enc_s, compute_s=comp_s, decrypt_s=dec_s,
+            bytes_sent=n_in * self._ct_in_bytes + n_out * self._ct_out_bytes,
+            extra={
+                "mode": self.mode, "ciphertexts_in": n_in, "ciphertexts_out": n_out,
+                "ciphertext_bytes_in": n_in * self._ct_in_bytes, "ciphertext_bytes_out": n_out * self._ct_out_bytes,
+                "key_bytes": dict(self.key_bytes), "public_key_material_bytes": sum(self.key_bytes.values()),
+                "depth_used": self.compiled.depth, "depth_available": self.params.depth,
+                "slots": self.params.slots,
+                "slots_used": (self.plan.input_period if isinstance(self.plan, LatencyPlan) else min(len(flat), self.params.slots)),
+                "rotation_keys": list(self.client.public.rotation_steps),
+            },
+        )
+        return torch.from_numpy(y).float()
+
+    def layout(self) -> dict[str, Any]:
+        """What the server publishes for the client: shapes and packing, never weights."""
+        out: dict[str, Any] = {"mode": self.mode, "input_size": self.compiled.input_size,
+                               "output_size": self.compiled.output_size, "slots": self.params.slots,
+                               "input_range": list(self.input_range)}
+        if isinstance(self.plan, LatencyPlan):
+            out.update(period=self.plan.input_period, output_period=self.plan.output_period,
+                       rotation_steps=list(self.plan.rotation_steps))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        keys = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in self.key_bytes.items())
+        return {
+            "backend": "tenseal (CKKS via SEAL)",
+            "mode": f"{self.mode}: " + ("one input per ciphertext, diagonal method" if self.mode == "latency"
+                                         else "one input per slot (SIMD), one ciphertext per feature"),
+            "parameters": self.params.describe(),
+            "public key material": keys,
+            "rotation keys": str(list(self.client.public.rotation_steps)),
+            "depth": f"{self.compiled.depth} used of {self.params.depth}",
+            "threat model": "semi-honest server; it sees the public context and ciphertexts only",
+        }
+
+
+def output_bound_for(compiled: Compiled, low: float, high: float) -> float:
+    """Bound on |output| when every input element lies in ``[low, high]`` (interval arithmetic)."""
+    from secure_infer.backends.tenseal._compile import AffineStage
+
+    lo = np.full(compiled.input_size, low)
+    hi = np.full(compiled.input_size, high)
+    for stage in compiled.stages:
+        if isinstance(stage, AffineStage):
+            center, radius = stage.matrix @ ((lo + hi) / 2) + stage.bias, np.abs(stage.matrix) @ ((hi - lo) / 2)
+            lo, hi = center - radius, center + radius
+        else:
+            poly = np.polynomial.Polynomial(stage.coefficients)
+            critical = [r.real for r in poly.deriv().roots() if abs(r.imag) < 1e-12]
+            new_lo, new_hi = np.empty_like(lo), np.empty_like(hi)
+            for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+                points = [a, b] + [r for r in critical if a < r < b]
+                values = poly(np.array(points))
+                new_lo[i], new_hi[i] = values.min(), values.max()
+            lo, hi = new_lo, new_hi
+    return float(max(np.abs(lo).max(), np.abs(hi).max()))
+
+
+def _conversions(graph: Graph, compiled: Compiled) -> list[Conversion]:
+    fitted = {c.path: c for c in compiled.conversions}
+    out = []
+    for c in RULES.conversions(graph):
+        out.append(fitted.get(c.path, c))
+    return out
+
+
+class TensealBackend(Backend):
+    name = "tenseal"
+    options = frozenset(_OPTIONS)
+
+    def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
+        problems = RULES.problems(graph)
+        if not problems:
+            from secure_infer.backends.tenseal._compile import _chain
+
+            try:
+                _chain(graph)
+            except UnsupportedModelError as exc:
+                problems.append(exc)
+        return problems
+
+    def conversions(self, graph: Graph) -> list[Conversion]:
+        return RULES.conversions(graph)
+
+    def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> TensealProgram:
+        return TensealProgram(graph, sample_input, **options)
+
+
+@register_backend("tenseal")
+def _factory() -> Backend:
+    return TensealBackend()
+
+
+__all__ = ["MODES", "TensealBackend", "TensealProgram"]

@@ -1,0 +1,296 @@
+"""Evaluate compiled stages on ciphertexts, in the two packings.
+
+``latency``: one input per ciphertext. The flat input is zero-padded to a
+power of two ``p`` and repeated across all slots, so a rotation of the slot
+vector is a cyclic rotation of the input. An affine stage with ``m`` outputs
+(padded to a power of two) uses the diagonal method over ``max(m, p)``-periodic
+diagonals, summed with baby-step/giant-step rotations (keys for steps 1 and g
+only) and folded with ``log2(p / m)`` rotate-and-add steps; its output comes out
+repeated with period ``m``, which is exactly the next stage's input layout.
+
+``batch``: one ciphertext per input feature, one input per slot (CryptoNets'
+SIMD packing): affine stages are scalar multiply-adds, no rotations at all.
+
+Every plaintext factor is encoded at a scale equal to the prime the following
+rescale removes, so ciphertext scales stay put across affine stages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from secure_infer.backends.tenseal._compile import AffineStage, Compiled, PolyStage
+from secure_infer.backends.tenseal._seal import ServerContext
+
+
+def pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _seal() -> Any:
+    import tenseal.sealapi as seal
+
+    return seal
+
+
+class _Ops:
+    """Level-aware ciphertext arithmetic shared by both packings."""
+
+    def __init__(self, server: ServerContext) -> None:
+        self.server = server
+        self.ev = server.evaluator
+
+    def new(self) -> Any:
+        return _seal().Ciphertext()
+
+    def mul_scalar_pending(self, ct: Any, value: float) -> Any:
+        """ct * value, not yet rescaled (scale grows by the next prime)."""
+        out = self.new()
+        plain = self.server.encode(float(value), ct.parms_id(), self.server.prime_at(ct.parms_id()))
+        self.ev.multiply_plain(ct, plain, out)
+        return out
+
+    def add_scalar(self, ct: Any, value: float) -> None:
+        if value != 0.0:
+            self.ev.add_plain_inplace(ct, self.server.encode(float(value), ct.parms_id(), ct.scale))
+
+    def rescale(self, ct: Any) -> None:
+        self.ev.rescale_to_next_inplace(ct)
+
+    def mod_to(self, ct: Any, like: Any) -> Any:
+        out = self.new()
+        self.ev.mod_switch_to(ct, like.parms_id(), out)
+        return out
+
+    def mul(self, a: Any, b: Any) -> Any:
+        out = self.new()
+        self.ev.multiply(a, b, out)
+        self.ev.relinearize_inplace(out, self.server.public.relin_keys)
+        return out
+
+    def polynomial(self, ct: Any, stage: PolyStage, last: bool) -> Any:
+        c = stage.coefficients
+        if stage.degree == 1:
+            out = self.mul_scalar_pending(ct, c[1])
+            self.rescale(out)
+            self.add_scalar(out, c[0])
+            return out
+        if stage.degree == 2 and c[2] == 1.0:
+            square = self.new()
+            self.ev.square(ct, square)
+            self.ev.relinearize_inplace(square, self.server.public.relin_keys)
+            if c[1] != 0.0:
+                linear = self.new()
+                plain = self.server.encode(float(c[1]), ct.parms_id(), ct.scale)
+                self.ev.multiply_plain(ct, plain, linear)  # scale = ct.scale**2, like the square
+                self.ev.add_inplace(square, linear)
+            self.rescale(square)
+            self.add_scalar(square, c[0])
+            return square
+        # Horner: ((c_d x + c_{d-1}) x + ...) x + c_0, one level per degree
+        acc = self.mul_scalar_pending(ct, c[-1])
+        self.rescale(acc)
+        self.add_scalar(acc, c[-2])
+        for coeff in c[-3::-1]:
+            acc = self.mul(acc, self.mod_to(ct, acc))
+            self.rescale(acc)
+            self.add_scalar(acc, coeff)
+        return acc
+
+
+@dataclass
+class _LatencyAffine:
+    stage: AffineStage
+    period_in: int
+    m_pad: int
+    p: int
+    giant: int
+    blocks: list[list[tuple[int, Any]]]  # per giant step a: [(baby b, plaintext)]
+    fold_steps: list[int]
+    bias_cache: dict[float, Any] = field(default_factory=dict)
+
+
+class LatencyPlan:
+    """Diagonals encoded once per program, at the level each stage runs."""
+
+    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int) -> None:
+        self.compiled = compiled
+        self.slots = slots
+        self.input_period = pow2(compiled.input_size)
+        self.server = server
+        self.affine: dict[int, _LatencyAffine] = {}
+        self.rotation_steps: set[int] = set()
+        period, level = self.input_period, 0
+        for i, stage in enumerate(compiled.stages):
+            if isinstance(stage, AffineStage):
+                self.affine[i] = self._plan_affine(stage, period, level)
+                period = self.affine[i].m_pad
+                level += 1
+            else:
+                from secure_infer.backends.tenseal._compile import stage_depth
+
+                level += stage_depth(stage, i == len(compiled.stages) - 1)
+        self.output_period = period
+
+    @staticmethod
+    def periods_fit(compiled: Compiled, slots: int) -> int:
+        """The largest padded vector the plan needs (must be <= slots)."""
+        need = pow2(compiled.input_size)
+        for stage in compiled.stages:
+            if isinstance(stage, AffineStage):
+                need = max(need, pow2(stage.out_size), pow2(stage.in_size))
+        return need
+
+    def _plan_affine(self, stage: AffineStage, period_in: int, level: int) -> _LatencyAffine:
+        m_pad = pow2(stage.out_size)
+        p = max(period_in, m_pad)
+        padded = np.zeros((m_pad, p))
+        padded[: stage.out_size, : stage.in_size] = stage.matrix
+        giant = pow2(math.isqrt(m_pad - 1) + 1) if m_pad > 1 else 1
+        giant = min(giant, m_pad)
+        slots = np.arange(self.slots)
+        rows = slots % m_pad
+        blocks: list[list[tuple[int, Any]]] = []
+        for a in range(0, m_pad, giant):
+            block = []
+            for b in range(giant):
+                k = a + b
+                if k >= m_pad:
+                    break
+                diagonal = padded[rows, (slots + k) % p]
+                if not diagonal.any():
+                    continue  # a zero diagonal costs nothing
+                rolled = np.roll(diagonal, a)
+                block.append((b, rolled))
+            blocks.append(block)
+        fold_steps = []
+        step = m_pad
+        while step < p:
+            fold_steps.append(step)
+            step *= 2
+        if giant > 1:
+            self.rotation_steps.add(1)
+        if len(blocks) > 1:
+            self.rotation_steps.add(giant)
+        self.rotation_steps.update(fold_steps)
+        return _LatencyAffine(stage, period_in, m_pad, p, giant, blocks, fold_steps)
+
+    def encode_weights(self, server: ServerContext) -> None:
+        """Turn the diagonals into plaintexts at each stage's level (server side)."""
+        self.server = server
+        level = 0
+        for i, stage in enumerate(self.compiled.stages):
+            if i in self.affine:
+                plan = self.affine[i]
+                parms = server.parms_id_after(level)
+                scale = server.prime_at(parms)
+                plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
+                level += 1
+            else:
+                from secure_infer.backends.tenseal._compile import stage_depth
+
+                level += stage_depth(stage, i == len(self.compiled.stages) - 1)
+
+    def run(self, ct: Any) -> Any:
+        assert self.server is not None
+        ops = _Ops(self.server)
+        last = len(self.compiled.stages) - 1
+        for i, stage in enumerate(self.compiled.stages):
+            if isinstance(stage, AffineStage):
+                ct = self._run_affine(ops, self.affine[i], ct)
+            else:
+                ct = ops.polynomial(ct, stage, i == last)
+        return ct
+
+    def _run_affine(self, ops: _Ops, plan: _LatencyAffine, ct: Any) -> Any:
+        ev, keys = ops.ev, self.server.public.galois_keys
+        babies = {0: ct}
+        for b in range(1, plan.giant):
+            babies[b] = ops.new()
+            ev.rotate_vector(babies[b - 1], 1, keys, babies[b])
+        result = None
+        for block in reversed(plan.blocks):  # Horner over giant steps: one key for step g
+            inner = None
+            for b, plain in block:
+                term = ops.new()
+                ev.multiply_plain(babies[b], plain, term)
+                if inner is None:
+                    inner = term
+                else:
+                    ev.add_inplace(inner, term)
+            if result is not None:
+                ev.rotate_vector_inplace(result, plan.giant, keys)
+                if inner is not None:
+                    ev.add_inplace(result, inner)
+            else:
+                result = inner
+        if result is None:  # an all-zero matrix
+            result = ops.mul_scalar_pending(ct, 0.0)
+        for step in plan.fold_steps:
+            rotated = ops.new()
+            ev.rotate_vector(result, step, keys, rotated)
+            ev.add_inplace(result, rotated)
+        ops.rescale(result)
+        scale = result.scale
+        if scale not in plan.bias_cache:
+            bias = np.zeros(plan.m_pad)
+            bias[: plan.stage.out_size] = plan.stage.bias
+            plan.bias_cache[scale] = self.server.encode(np.tile(bias, self.slots // plan.m_pad), result.parms_id(), scale)
+        ev.add_plain_inplace(result, plan.bias_cache[scale])
+        return result
+
+    def pack(self, x: np.ndarray) -> np.ndarray:
+        """Client side: one flat input, padded and repeated across the slots."""
+        padded = np.zeros(self.input_period)
+        padded[: x.size] = x.reshape(-1)
+        return np.tile(padded, self.slots // self.input_period)
+
+
+class BatchPlan:
+    """CryptoNets packing: ciphertext j holds feature j of every input in the batch."""
+
+    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int) -> None:
+        self.compiled = compiled
+        self.server = server
+        self.slots = slots
+
+    def run(self, cts: list[Any]) -> list[Any]:
+        assert self.server is not None
+        ops = _Ops(self.server)
+        last = len(self.compiled.stages) - 1
+        for i, stage in enumerate(self.compiled.stages):
+            if isinstance(stage, AffineStage):
+                cts = self._run_affine(ops, stage, cts)
+            else:
+                cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
+        return cts
+
+    def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any]) -> list[Any]:
+        ev = ops.ev
+        parms = cts[0].parms_id()
+        prime = self.server.prime_at(parms)
+        out = []
+        encoded: dict[float, Any] = {}
+        for row, bias in zip(stage.matrix, stage.bias, strict=True):
+            acc = None
+            for j in np.flatnonzero(row):
+                weight = float(row[j])
+                plain = encoded.get(weight)
+                if plain is None:
+                    plain = encoded[weight] = self.server.encode(weight, parms, prime)
+                term = ops.new()
+                ev.multiply_plain(cts[j], plain, term)
+                if acc is None:
+                    acc = term
+                else:
+                    ev.add_inplace(acc, term)
+            if acc is None:
+                acc = ops.mul_scalar_pending(cts[0], 0.0)
+            ops.rescale(acc)
+            ops.add_scalar(acc, float(bias))
+            out.append(acc)
+        return out

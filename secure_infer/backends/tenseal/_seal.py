@@ -1,0 +1,146 @@
+"""A thin layer over ``tenseal.sealapi`` (SEAL's own API).
+
+TenSEAL's vector API creates Galois keys for every power-of-two rotation
+(about 97 MB for the MNIST tutorial). Here keys are made for exactly the
+rotation steps the compiled program uses, and the client/server split is
+explicit: :class:`ClientKeys` holds the secret key and never leaves the
+caller; :class:`ServerContext` is built only from public material.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from secure_infer.backends.tenseal._params import CKKSParameters
+
+
+def _seal() -> Any:
+    import tenseal.sealapi as seal
+
+    return seal
+
+
+def galois_element(step: int, poly_modulus_degree: int) -> int:
+    """SEAL's Galois element for a left rotation of the slot vector by ``step``."""
+    slots = poly_modulus_degree // 2
+    step %= slots
+    return pow(3, step, 2 * poly_modulus_degree)
+
+
+def serialized_size(obj: Any) -> int:
+    """Bytes ``obj`` takes in SEAL's (compressed) serialization."""
+    fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal")
+    os.close(fd)
+    try:
+        obj.save(path)
+        return os.path.getsize(path)
+    finally:
+        os.unlink(path)
+
+
+def seal_context(params: CKKSParameters) -> Any:
+    seal = _seal()
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes)))
+    ctx = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    if not ctx.parameters_set():
+        from secure_infer._errors import ParameterError
+
+        raise ParameterError(f"SEAL rejected the CKKS parameters {params.describe()}")
+    return ctx
+
+
+@dataclass
+class PublicMaterial:
+    """What the client uploads: never the secret key."""
+
+    public_key: Any
+    relin_keys: Any
+    galois_keys: Any | None
+    rotation_steps: tuple[int, ...]
+
+    def sizes(self) -> dict[str, int]:
+        out = {"public_key": serialized_size(self.public_key), "relin_keys": serialized_size(self.relin_keys)}
+        out["galois_keys"] = serialized_size(self.galois_keys) if self.galois_keys is not None else 0
+        return out
+
+
+class ClientKeys:
+    """The data owner's side: secret key, encryption and decryption."""
+
+    def __init__(self, params: CKKSParameters, rotation_steps: tuple[int, ...]) -> None:
+        seal = _seal()
+        self.params = params
+        self.context = seal_context(params)
+        keygen = seal.KeyGenerator(self.context)
+        self._secret_key = keygen.secret_key()
+        public_key = seal.PublicKey()
+        keygen.create_public_key(public_key)
+        relin = seal.RelinKeys()
+        keygen.create_relin_keys(relin)
+        galois = None
+        steps = tuple(sorted(set(s % params.slots for s in rotation_steps) - {0}))
+        if steps:
+            galois = seal.GaloisKeys()
+            keygen.create_galois_keys([galois_element(s, params.poly_modulus_degree) for s in steps], galois)
+        self.public = PublicMaterial(public_key, relin, galois, steps)
+        self.encoder = seal.CKKSEncoder(self.context)
+        self._encryptor = seal.Encryptor(self.context, public_key)
+        self._decryptor = seal.Decryptor(self.context, self._secret_key)
+        self.scale = float(2**params.scale_bits)
+
+    def encrypt(self, values: np.ndarray) -> Any:
+        seal = _seal()
+        plain = seal.Plaintext()
+        self.encoder.encode(np.asarray(values, dtype=np.float64).tolist(), self.scale, plain)
+        ct = seal.Ciphertext()
+        self._encryptor.encrypt(plain, ct)
+        return ct
+
+    def decrypt(self, ct: Any) -> np.ndarray:
+        seal = _seal()
+        plain = seal.Plaintext()
+        self._decryptor.decrypt(ct, plain)
+        return np.asarray(self.encoder.decode_double(plain))
+
+    def noise_budget_ok(self, ct: Any) -> bool:
+        """CKKS has no noise budget to read; see the program's overflow check."""
+        return True
+
+
+class ServerContext:
+    """The evaluating side: public key material only."""
+
+    def __init__(self, params: CKKSParameters, public: PublicMaterial) -> None:
+        seal = _seal()
+        self.params = params
+        self.context = seal_context(params)
+        self.public = public
+        self.evaluator = seal.Evaluator(self.context)
+        self.encoder = seal.CKKSEncoder(self.context)
+
+    def prime_at(self, parms_id: Any) -> float:
+        """The prime a rescale at this level removes."""
+        data = self.context.get_context_data(parms_id)
+        return float(data.parms().coeff_modulus()[-1].value())
+
+    def parms_id_after(self, levels: int) -> Any:
+        data = self.context.first_context_data()
+        for _ in range(levels):
+            data = data.next_context_data()
+        return data.parms_id()
+
+    def encode(self, values: np.ndarray | float, parms_id: Any, scale: float) -> Any:
+        seal = _seal()
+        plain = seal.Plaintext()
+        if isinstance(values, float):
+            self.encoder.encode(values, parms_id, scale, plain)
+        else:
+            self.encoder.encode(np.asarray(values, dtype=np.float64).tolist(), parms_id, scale, plain)
+        return plain

@@ -1,0 +1,171 @@
+"""TenSEAL (CKKS) backend: agreement with plaintext, both packings, parameters, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import secure_infer as si
+from secure_infer import zoo
+from secure_infer.backends.tenseal._params import CKKSParameters, choose, max_bits_128
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _square_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, stride=2, padding=1), zoo.Square(), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(8, 4), zoo.Square(), nn.Linear(4, 3),
+    ).eval()
+
+
+# (id, model factory, input shape, tolerance in latency mode)
+CASES = [
+    ("linear", lambda: nn.Linear(6, 4), (6,), 1e-3),
+    ("wide-linear-3000", lambda: nn.Linear(3000, 3), (3000,), 5e-3),
+    ("conv-stride-pad-channels", lambda: nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Flatten()), (2, 7, 7), 1e-3),
+    ("two-convs-deep", lambda: nn.Sequential(nn.Conv2d(1, 2, 3), zoo.Square(), nn.Conv2d(2, 2, 3, padding=1), nn.Flatten()), (1, 6, 6), 1e-2),
+    ("avgpool-adaptive", lambda: nn.Sequential(nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten()), (2, 4, 4), 1e-3),
+    ("batchnorm-folded", lambda: nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4)), (5,), 1e-3),
+    ("square-cnn", _square_net, (1, 8, 8), 1e-2),
+]
+
+
+def _init(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_exact_layers_agree_in_both_modes(case) -> None:
+    _, make, shape, tol = case
+    torch.manual_seed(1)
+    model = _init(make())
+    x = torch.rand(3, *shape)
+    plain = model(x).detach()
+    results = {}
+    for mode in ("latency", "batch"):
+        enc = si.wrap(model, "tenseal", sample_input=x[:1], mode=mode, calibration=x)
+        results[mode] = enc(x, compare=True)
+        assert results[mode].shape == plain.shape
+        assert enc.last_run.max_abs_error <= tol, (mode, enc.last_run.max_abs_error)
+    assert torch.allclose(results["latency"], results["batch"], atol=2 * tol)
+
+
+def test_square_cnn_on_digits_both_modes(trained_zoo, digits) -> None:
+    z = trained_zoo["cryptonets"]
+    x = digits.x_test[:40]
+    outs = {}
+    for mode in ("latency", "batch"):
+        enc = si.wrap(z.model, "tenseal", sample_input=x[:1], mode=mode, calibration=digits.x_train[:200])
+        outs[mode] = enc(x if mode == "batch" else x[:8])
+        run = enc.last_run
+        assert run.extra["depth_used"] == 5 and run.encrypt_s > 0 and run.compute_s > 0 and run.decrypt_s > 0
+        assert run.extra["ciphertext_bytes_in"] > 0 and run.extra["public_key_material_bytes"] > 0
+    plain = z.model(x).detach()
+    assert torch.equal(outs["batch"].argmax(1), plain.argmax(1))
+    # The first prime is sized for the worst case over the whole input range, which
+    # leaves 26-bit scales at N=8192: logits (up to ~90) come back within ~0.03.
+    assert float((outs["latency"] - plain[:8]).abs().max()) < 0.1
+    assert torch.allclose(outs["latency"], outs["batch"][:8], atol=0.1)
+
+
+def test_relu_is_replaced_and_reported(trained_zoo, digits) -> None:
+    z = trained_zoo["mlp"]
+    enc = si.wrap(z.model, "tenseal", sample_input=digits.x_test[:1], mode="batch", calibration=digits.x_train[:300])
+    report = enc.report()
+    relu = [c for c in report.conversions if c.layer == "ReLU"]
+    assert relu and relu[0].kind == "approximated" and relu[0].max_abs_error is not None
+    assert "polynomial" in relu[0].detail
+    ev = enc.evaluate(digits.x_test, digits.y_test, batch_size=4096)
+    assert ev.agreement >= 0.95  # degree-2 ReLU without fine-tuning
+
+
+def test_latency_mode_makes_only_the_rotation_keys_it_uses(trained_zoo, digits) -> None:
+    enc = si.wrap(trained_zoo["cryptonets"].model, "tenseal", sample_input=digits.x_test[:1])
+    steps = enc.program.client.public.rotation_steps
+    assert steps and all(s & (s - 1) == 0 for s in steps)  # powers of two only
+    assert len(steps) < 12  # TenSEAL's generate_galois_keys() makes 2*log2(N/2) = 24
+    layout = enc.program.layout()
+    assert "weight" not in " ".join(layout) and layout["input_size"] == 64
+
+
+def test_the_server_side_has_no_secret_key(trained_zoo, digits) -> None:
+    enc = si.wrap(trained_zoo["logreg"].model, "tenseal", sample_input=digits.x_test[:1])
+    server = enc.program.server
+    assert not any("secret" in name for name in vars(server))
+    assert not any("secret" in name for name in vars(server.public))
+
+
+def test_parameters_are_128_bit_secure() -> None:
+    for depth in (1, 3, 5, 8):
+        params = choose(depth, max_abs_output=30.0, slots_needed=1024)
+        assert params.total_bits <= max_bits_128(params.poly_modulus_degree)
+        assert params.depth == depth
+    with pytest.raises(si.ParameterError, match="128-bit"):
+        CKKSParameters(8192, (60, 40, 40, 40, 60), 40).validate()
+    with pytest.raises(si.ParameterError, match="128-bit"):
+        si.wrap(nn.Linear(4, 2), "tenseal", sample_input=torch.rand(1, 4),
+                poly_modulus_degree=4096, coeff_mod_bit_sizes=[60, 40, 60])
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (nn.Sequential(nn.Conv2d(1, 1, 3), nn.MaxPool2d(2)), "AvgPool2d"),
+        (nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1)), "Softmax"),
+    ],
+)
+def test_unsupported_layers_suggest_what_to_do(model: nn.Module, match: str) -> None:
+    shape = (1, 4) if isinstance(model[0], nn.Linear) else (1, 1, 6, 6)
+    report = si.check(model, "tenseal", sample_input=torch.rand(*shape))
+    assert not report.ok
+    with pytest.raises(si.UnsupportedModelError, match=match):
+        si.wrap(model, "tenseal", sample_input=torch.rand(*shape))
+
+
+def test_residual_models_are_refused_clearly() -> None:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) + x
+
+    with pytest.raises(si.UnsupportedModelError, match="crypten"):
+        si.wrap(Res(), "tenseal", sample_input=torch.rand(1, 4))
+
+
+def test_bad_inputs_are_clear() -> None:
+    model = nn.Linear(4, 2).eval()
+    enc = si.wrap(model, "tenseal", sample_input=torch.rand(1, 4), calibration=torch.rand(8, 4))
+    with pytest.raises(si.ParameterError, match=r"\(batch, 4\)"):
+        enc(torch.rand(2, 5))
+    with pytest.raises(si.ParameterError, match="float"):
+        enc(torch.ones(2, 4, dtype=torch.int64))
+    with pytest.raises(si.ParameterError, match="calibrated range"):
+        enc(torch.full((1, 4), 100.0))
+    with pytest.raises(si.ParameterError, match="mode"):
+        si.wrap(model, "tenseal", sample_input=torch.rand(1, 4), mode="fast")
+
+
+def test_overflow_is_detected_before_garbage() -> None:
+    """Parameters too small for the worst-case output are refused at wrap time."""
+    model = nn.Linear(4, 1).eval()
+    with torch.no_grad():
+        model.weight.fill_(1000.0)
+    x = torch.full((1, 4), 1.0)
+    with pytest.raises(si.ParameterError, match="garbage"):
+        si.wrap(model, "tenseal", sample_input=x, poly_modulus_degree=8192,
+                coeff_mod_bit_sizes=[30, 26, 30], scale_bits=26)
+    # chosen automatically, the first prime holds the worst case
+    enc = si.wrap(model, "tenseal", sample_input=x)
+    y = enc(torch.full((1, 4), 1.0), compare=True)
+    assert enc.last_run.max_abs_error < 1e-1 * abs(float(y))
