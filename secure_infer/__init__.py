@@ -2,12 +2,13 @@
 
 ``import secure_infer as si`` gives the façade (``wrap``, ``check`` as the
 backends land), the errors, and the submodules a user reaches for:
-``si.datasets``, ``si.zoo``, ``si.baselines``.
+``si.datasets``, ``si.zoo``, ``si.baselines``, ``si.rewrites`` (MPC/HE-aware
+graph rewrites) and ``si.approximations`` (polynomial activations).
 """
 
 from __future__ import annotations
 
-from secure_infer import baselines, datasets, zoo
+from secure_infer import approximations, baselines, datasets, rewrites, zoo
 from secure_infer._errors import (
     BackendUnavailableError,
     DatasetError,
@@ -33,9 +34,11 @@ __all__ = [
     "SecureInferError",
     "UnsupportedModelError",
     "__version__",
+    "approximations",
     "baselines",
     "check",
     "datasets",
+    "rewrites",
     "wrap",
     "zoo",
 ]

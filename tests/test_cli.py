@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from secure_infer.cli import app
@@ -23,6 +24,8 @@ def test_each_subcommand_has_help() -> None:
         assert result.exit_code == 0, (sub, result.output)
 
 
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)
 def test_demo_reports_accuracy(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
     result = runner.invoke(app, ["demo", "--models", "logreg,mlp", "--json", str(out)])
@@ -33,6 +36,9 @@ def test_demo_reports_accuracy(tmp_path: Path) -> None:
     assert all(m["test_accuracy"] > 0.9 for m in payload["models"])
     gpu = payload["models"][0]["plaintext"][2]
     assert gpu["device"] == "cuda" and (gpu["measured"] or "CUDA" in gpu["reason"])
+    for m in payload["models"]:
+        assert m["crypten"]["agreement"] >= 0.99  # 2 real parties
+        assert m["tenseal"]["supported"] and m["tenseal"]["agreement"] >= 0.95
 
 
 def test_zoo_train_saves_a_loadable_model(tmp_path: Path) -> None:

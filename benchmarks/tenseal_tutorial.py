@@ -1,0 +1,66 @@
+"""The anchor: TenSEAL's hand-written MNIST pipeline, for the same network.
+
+This is how a TenSEAL user evaluates the reference network without
+secure-infer (the method of TenSEAL's encrypted-evaluation tutorial): im2col
+encoding of the image by the client with the conv's kernel geometry, one
+``conv2d_im2col`` per output channel, ``pack_vectors``, ``square``, ``mm`` for
+the fully connected layers, a context with every power-of-two Galois key.
+Written here against TenSEAL's public API so both run in the same process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TutorialPipeline:
+    context: object
+    conv: nn.Conv2d
+    fc1: nn.Linear
+    fc2: nn.Linear
+
+    @classmethod
+    def build(cls, model: nn.Sequential) -> TutorialPipeline:
+        import tenseal as ts
+
+        context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192,
+                             coeff_mod_bit_sizes=[31, 26, 26, 26, 26, 26, 26, 31])
+        context.global_scale = 2**26
+        context.generate_galois_keys()
+        conv, fc1, fc2 = model[0], model[3], model[5]
+        return cls(context, conv, fc1, fc2)
+
+    def public_context_bytes(self) -> int:
+        public = self.context.copy()
+        public.make_context_public()
+        return len(public.serialize(save_galois_keys=True, save_relin_keys=True, save_public_key=True))
+
+    def infer(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """One 1x28x28 image: client encodes and encrypts, server evaluates, client decrypts."""
+        import tenseal as ts
+
+        kernel = self.conv.kernel_size[0]
+        stride = self.conv.stride[0]
+        t0 = time.perf_counter()
+        enc_x, windows = ts.im2col_encoding(self.context, image.reshape(28, 28).tolist(), kernel, kernel, stride)
+        t1 = time.perf_counter()
+        channels = []
+        for weight, bias in zip(self.conv.weight, self.conv.bias, strict=True):
+            channels.append(enc_x.conv2d_im2col(weight.reshape(kernel, kernel).tolist(), windows) + float(bias))
+        enc = ts.CKKSVector.pack_vectors(channels)
+        enc.square_()
+        t_fc = time.perf_counter()
+        enc = enc.mm(self.fc1.weight.T.tolist()) + self.fc1.bias.tolist()
+        t_fc1 = time.perf_counter() - t_fc
+        enc.square_()
+        enc = enc.mm(self.fc2.weight.T.tolist()) + self.fc2.bias.tolist()
+        t2 = time.perf_counter()
+        out = torch.tensor(enc.decrypt())
+        t3 = time.perf_counter()
+        return out, {"encrypt_s": t1 - t0, "compute_s": t2 - t1, "fc1_s": t_fc1, "decrypt_s": t3 - t2,
+                     "input_ciphertext_bytes": len(enc_x.serialize())}
