@@ -269,6 +269,35 @@ def baseline(
     console.print(table)
 
 
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="folder for report.json, report.md and the plots")] = Path("bench-report"),
+    quick: Annotated[bool, typer.Option("--quick", help="a few minutes on 2 cores (default)")] = False,
+    full: Annotated[bool, typer.Option("--full", help="the whole matrix: more batch sizes and executions")] = False,
+    models: Annotated[str, typer.Option(help="comma-separated zoo models (default: the preset's)")] = "",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Measure encryption overhead against plaintext, side by side, in one run."""
+    from secure_infer import bench as runner
+
+    if quick and full:
+        raise typer.BadParameter("choose --quick or --full, not both")
+    preset = "full" if full else "quick"
+    chosen = [m.strip() for m in models.split(",") if m.strip()] or None
+    spec = runner.PRESETS[preset]
+    n_models = len(chosen or spec["models"])
+    total = n_models * len(spec["executions"]) * len(spec["batches"])
+    with _progress() as progress:
+        task = progress.add_task(f"bench --{preset}", total=total)
+        report = runner.run_matrix(
+            preset, seed=seed, models=chosen,
+            on_cell=lambda c: progress.update(task, advance=1, description=f"{c.model} {c.execution} b={c.batch}"),
+        )
+        progress.update(task, completed=total)
+    for path in runner.write_report(report, out):
+        console.print(f"wrote {path}")
+
+
 @app.command("datasets")
 def datasets_cmd() -> None:
     """List the data sets that work offline."""

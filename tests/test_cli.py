@@ -14,12 +14,12 @@ runner = CliRunner()
 def test_help_lists_subcommands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for sub in ("demo", "zoo", "baseline", "datasets", "env"):
+    for sub in ("demo", "zoo", "baseline", "bench", "datasets", "env"):
         assert sub in result.output
 
 
 def test_each_subcommand_has_help() -> None:
-    for sub in (["demo"], ["zoo", "list"], ["zoo", "train"], ["baseline"], ["datasets"], ["env"]):
+    for sub in (["demo"], ["zoo", "list"], ["zoo", "train"], ["baseline"], ["bench"], ["datasets"], ["env"]):
         result = runner.invoke(app, [*sub, "--help"])
         assert result.exit_code == 0, (sub, result.output)
 

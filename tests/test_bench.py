@@ -1,0 +1,52 @@
+"""The bench runner: every cell measured or explained, and a readable report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from secure_infer import bench
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)
+def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(bench.PRESETS, "tiny", {
+        "models": ["logreg"],
+        "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-2p", "tenseal-latency", "tenseal-batch"],
+        "batches": [1, 4],
+        "repeats": 1,
+    })
+    report = bench.run_matrix("tiny")
+    cells = report["cells"]
+    assert len(cells) == 10  # nothing silently dropped
+    for c in cells:
+        assert c["status"] in ("measured", "not run")
+        if c["status"] == "not run":
+            assert c["reason"]
+        else:
+            assert c["per_input_s"] > 0 and c["agreement"] >= 0.99
+    cpu = [c for c in cells if c["execution"] == "plaintext-cpu"]
+    assert all(c["overhead_vs_cpu"] == 1.0 for c in cpu)
+    mpc = [c for c in cells if c["execution"] == "crypten-2p"]
+    assert all(c["overhead_vs_cpu"] > 1 and c["rounds"] > 0 and c["bytes_per_input"] > 0 for c in mpc)
+    he = [c for c in cells if c["execution"].startswith("tenseal")]
+    assert all(c["key_bytes"] > 0 and c["ciphertext_bytes_in"] > 0 for c in he)
+    env = report["environment"]
+    assert env["seed"] == 0 and env["versions"]["torch"].startswith("2.13") and env["cpu_count"] >= 1
+
+    paths = bench.write_report(report, tmp_path)
+    names = {p.name for p in paths}
+    assert {"report.json", "report.md", "latency_vs_batch.png", "overhead.png"} <= names
+    assert json.loads((tmp_path / "report.json").read_text())["preset"] == "tiny"
+    md = (tmp_path / "report.md").read_text()
+    assert "crypten-2p" in md and ("not run" in md or "plaintext-gpu" in md)
+
+
+def test_unknown_preset() -> None:
+    from secure_infer._errors import ParameterError
+
+    with pytest.raises(ParameterError, match="quick"):
+        bench.run_matrix("everything")
