@@ -11,17 +11,12 @@ ciphertext sizes are in each benchmark's extra_info.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import secure_infer as si
 from secure_infer import zoo
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tenseal_tutorial import TutorialPipeline  # noqa: E402
+from secure_infer.anchors import TutorialPipeline
 
 SLOTS = 4096
 

@@ -28,19 +28,34 @@ __all__ = ["Cell", "PRESETS", "run_matrix", "write_report"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "models": ["logreg", "mlp", "cryptonets", "lenet"],
-        "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-2p", "tenseal-latency", "tenseal-batch"],
+        "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
+        "executions": ["plaintext-cpu", "plaintext-gpu", "raw-crypten-2p", "crypten-2p", "tenseal-handwritten",
+                       "tenseal-latency", "tenseal-batch"],
         "batches": [1, 16],
-        "repeats": 3,
+        "repeats": 2,
     },
     "full": {
-        "models": ["logreg", "mlp", "cryptonets", "lenet"],
-        "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-2p", "crypten-3p", "crypten-gpu",
-                       "tenseal-latency", "tenseal-batch"],
+        "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
+        "executions": ["plaintext-cpu", "plaintext-gpu", "raw-crypten-2p", "crypten-2p", "crypten-3p",
+                       "crypten-gpu", "tenseal-handwritten", "tenseal-latency", "tenseal-batch"],
         "batches": [1, 16, 64, "slots"],
         "repeats": 5,
     },
 }
+
+PRESETS["gpu"] = {
+    "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
+    "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-gpu"],
+    "batches": [1, 16, 64],
+    "repeats": 5,
+    "widths": [],
+    "degrees": [],
+}
+
+# Models on generated 28x28 inputs (timing only): the backend issues' reference networks.
+GENERATED = {"reference28": "cryptonets", "lenet28": "lenet"}
+ANCHORS = {"raw-crypten-2p": "raw CrypTen 0.4.1 (its own from_pytorch), 2 parties",
+           "tenseal-handwritten": "TenSEAL by hand, tutorial method and parameters"}
 
 
 @dataclass
@@ -73,14 +88,20 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024.0  # Linux reports KiB
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
-    out = fn()  # warm-up, also the output we score
+def _time(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> tuple[list[float], Any]:
+    """Timed calls of ``fn``; with ``warmup`` one untimed call first. Returns (seconds, first output)."""
     samples = []
-    for _ in range(repeats):
+    out = fn() if warmup else None
+    for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         samples.append(time.perf_counter() - t0)
+        out = result if out is None else out
     return samples, out
+
+
+# Cells whose single call takes seconds and has no warm-up effect worth waiting for.
+_SLOW = {"tenseal-batch", "tenseal-handwritten"}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -99,6 +120,8 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
                     data: datasets.Dataset, repeats: int, cpu: dict[int, float]) -> Cell:
     import secure_infer as si
 
+    if execution in ANCHORS:
+        return _anchor_cell(model_name, execution, batch, z, data, repeats, cpu)
     backend = "crypten" if execution.startswith("crypten") else "tenseal"
     options: dict[str, Any] = {}
     if execution == "crypten-3p":
@@ -121,8 +144,8 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
         else:
             size = int(batch)
         x = _inputs(data, size)
-        reps = 1 if size > 64 else repeats
-        samples, y = _time(lambda: enc(x), reps)
+        reps = 1 if size > 64 or execution in _SLOW else repeats
+        samples, y = _time(lambda: enc(x), reps, warmup=execution not in _SLOW)
         run = enc.last_run
         plain = z.model(x).detach()
         p50 = statistics.median(samples)
@@ -146,6 +169,70 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
         return cell
 
 
+def _anchor_cell(model_name: str, execution: str, batch: int | str, z: zoo.ZooModel,
+                 data: datasets.Dataset, repeats: int, cpu: dict[int, float]) -> Cell:
+    """The same cell without secure-infer: raw CrypTen, or TenSEAL by hand."""
+    if batch == "slots":
+        return Cell(model_name, execution, batch, "not run", "the full-slot batch applies to tenseal-batch only")
+    size = int(batch)
+    if execution == "tenseal-handwritten":
+        from secure_infer.anchors import TutorialPipeline, TutorialProgram
+
+        if not TutorialPipeline.supports(z.model, z.input_shape):
+            return Cell(model_name, execution, batch, "not run",
+                        "the tutorial method covers conv -> x^2 -> fc -> x^2 -> fc only")
+        program: Any = TutorialProgram(z.model)
+        size = min(size, 4)  # one image at a time: a few are enough to time it
+    else:
+        import secure_infer as si
+        from secure_infer.backends.crypten import native_crypten
+
+        if not si.check(z.model, "crypten", sample_input=data.x_test[:1]).ok:
+            return Cell(model_name, execution, batch, "not run", "raw CrypTen cannot convert this model")
+        try:
+            program = native_crypten(z.model, data.x_test[:1])
+        except Exception as exc:  # the anchor's own failure is a result, not a crash
+            return Cell(model_name, execution, batch, "not run", f"raw CrypTen failed: {_last_line(exc)}")
+    try:
+        x = _inputs(data, size)
+        slow = execution in _SLOW
+        samples, y = _time(lambda: program(x), 1 if slow or size > 16 else repeats, warmup=not slow)
+    except Exception as exc:
+        return Cell(model_name, execution, batch, "not run", f"{ANCHORS[execution]} failed: {_last_line(exc)}")
+    finally:
+        program.close()
+    plain = z.model(x).detach()
+    p50 = statistics.median(samples)
+    cell = Cell(model_name, execution, batch, p50_s=p50, p95_s=_percentile(samples, 0.95), per_input_s=p50 / size,
+                throughput=size / p50, agreement=float((y.argmax(1) == plain.argmax(1)).float().mean()),
+                max_abs_error=float((y - plain).abs().max()), peak_rss_mb=_peak_rss_mb(),
+                extra={"batch_size": size, "anchor": ANCHORS[execution]})
+    if size in cpu:
+        cell.overhead_vs_cpu = p50 / cpu[size]
+    if execution == "tenseal-handwritten":
+        cell.key_bytes = program.key_bytes
+        cell.ciphertext_bytes_in = int(program.last_phases["input_ciphertext_bytes"]) * size
+        cell.bytes_per_input = float(program.last_phases["input_ciphertext_bytes"])
+    else:
+        run = program.last_run
+        cell.bytes_per_input = (run.bytes_sent or 0) / size
+        cell.rounds = run.rounds
+    return cell
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _model_and_data(name: str, seed: int, digits: datasets.Dataset) -> tuple[zoo.ZooModel, datasets.Dataset]:
+    if name in GENERATED:
+        data = datasets.mnist_shaped(64, n_train=256, seed=seed)
+        model = zoo.build(GENERATED[name], data.input_shape, data.num_classes, seed=seed).eval()
+        return zoo.ZooModel(name, model, data.label, data.input_shape, 10, float("nan"), 0.0, seed), data
+    return zoo.pretrained(name, digits, seed=seed), digits
+
+
 def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None = None,
                on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Measure the preset's matrix on the digits data; returns the report as a dict."""
@@ -154,11 +241,11 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
 
         raise ParameterError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     spec = PRESETS[preset]
-    data = datasets.load_digits(seed=seed)
+    digits = datasets.load_digits(seed=seed)
     cells: list[Cell] = []
     started = time.perf_counter()
     for model_name in models or spec["models"]:
-        z = zoo.pretrained(model_name, data, seed=seed)
+        z, data = _model_and_data(model_name, seed, digits)
         cpu: dict[int, float] = {}
         for execution in spec["executions"]:
             for batch in spec["batches"]:
@@ -180,17 +267,78 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
                             cell.overhead_vs_cpu = r.p50_s / cpu[int(batch)] if int(batch) in cpu else None
                 else:
                     cell = _encrypted_cell(model_name, execution, batch, z, data, spec["repeats"], cpu)
-                cell.extra.setdefault("plaintext_test_accuracy", z.test_accuracy)
+                cell.extra.setdefault("data", data.label)
+                if not data.synthetic:
+                    cell.extra.setdefault("plaintext_test_accuracy", z.test_accuracy)
                 cells.append(cell)
                 if on_cell is not None:
                     on_cell(cell)
+    widths, degree_list = spec.get("widths", [16, 64, 256]), spec.get("degrees", [2, 3, 4])
+    scaling = scaling_sweep(seed, digits, widths=widths) if widths else None
+    degrees = degree_sweep(seed, digits, degrees=degree_list) if degree_list else None
     return {
         "preset": preset,
         "seconds": time.perf_counter() - started,
+        "scaling": scaling,
+        "polynomial_degree": degrees,
         "environment": environment(seed),
-        "dataset": data.description,
+        "dataset": digits.description + "; reference28/lenet28 on generated 28x28 inputs (timing only)",
         "cells": [asdict(c) for c in cells],
     }
+
+
+def _mlp(width: int, data: datasets.Dataset, seed: int) -> torch.nn.Module:
+    from torch import nn
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10)).eval()
+
+
+def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], batch: int = 16) -> dict[str, Any]:
+    """Cost against model size: MLPs of growing width, a log-log slope per execution.
+
+    The slope predicts a bigger model's cost: time ~ parameters ** slope.
+    """
+    import numpy as np
+
+    import secure_infer as si
+
+    x = _inputs(data, batch)
+    rows = []
+    for width in widths:
+        model = _mlp(width, data, seed)
+        params = sum(p.numel() for p in model.parameters())
+        cpu = baselines.time_plaintext(model, x, repeats=20)
+        rows.append({"width": width, "params": params, "execution": "plaintext-cpu", "seconds": cpu.p50_s})
+        for execution, backend, options in (("crypten-2p", "crypten", {}),
+                                            ("tenseal-batch", "tenseal", {"mode": "batch", "calibration": data.x_train[:256]})):
+            with si.wrap(model, backend, sample_input=x[:1], **options) as enc:
+                samples, _ = _time(lambda enc=enc: enc(x), 1 if backend == "tenseal" else 2, warmup=backend != "tenseal")
+            rows.append({"width": width, "params": params, "execution": execution, "seconds": statistics.median(samples)})
+    slopes = {}
+    for execution in sorted({r["execution"] for r in rows}):
+        pts = [(r["params"], r["seconds"]) for r in rows if r["execution"] == execution]
+        if len(pts) >= 2:
+            slope, intercept = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)
+            slopes[execution] = {"slope": float(slope), "intercept": float(intercept)}
+    return {"batch": batch, "rows": rows, "fits": slopes,
+            "note": "time ~ exp(intercept) * params ** slope, MLP 64-width-10 on digits, one batch"}
+
+
+def degree_sweep(seed: int, data: datasets.Dataset, *, degrees: list[int]) -> dict[str, Any]:
+    """Accuracy of the ReLU MLP under CKKS with its ReLU replaced by polynomials of each degree."""
+    import secure_infer as si
+
+    z = zoo.pretrained("mlp", data, seed=seed)
+    rows = []
+    for degree in degrees:
+        enc = si.wrap(z.model, "tenseal", sample_input=data.x_test[:1], mode="batch",
+                      calibration=data.x_train[:256], poly_degree=degree)
+        ev = enc.evaluate(data.x_test, data.y_test, batch_size=enc.program.params.slots)
+        rows.append({"degree": degree, "encrypted_accuracy": ev.accuracy, "agreement": ev.agreement,
+                     "depth": enc.program.compiled.depth, "seconds_per_input": ev.seconds_per_input})
+    return {"model": "mlp (ReLU)", "plaintext_accuracy": z.test_accuracy, "rows": rows}
 
 
 def environment(seed: int) -> dict[str, Any]:
@@ -258,6 +406,18 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
             f"{_fmt(c['max_abs_error'])} | {_fmt(c['bytes_per_input'])} | {_fmt(c['rounds'])} | "
             f"{_fmt(c['key_bytes'] / 1e6 if c['key_bytes'] else None)} |"
         )
+    scaling = report.get("scaling")
+    if scaling:
+        lines += ["", f"## Scaling with model size ({scaling['note']})", "",
+                  "| execution | fitted slope (log time vs log params) |", "|---|---|"]
+        lines += [f"| {k} | {v['slope']:.2f} |" for k, v in scaling["fits"].items()]
+    degrees = report.get("polynomial_degree")
+    if degrees:
+        lines += ["", f"## ReLU replaced by polynomials under CKKS ({degrees['model']}, plaintext accuracy "
+                  f"{degrees['plaintext_accuracy']:.4f})", "",
+                  "| degree | encrypted accuracy | argmax agreement | depth |", "|---|---|---|---|"]
+        lines += [f"| {r['degree']} | {r['encrypted_accuracy']:.4f} | {r['agreement']:.4f} | {r['depth']} |"
+                  for r in degrees["rows"]]
     lines += ["", f"Measured in {report['seconds']:.0f} s. Regenerate: `secure-infer bench --{report['preset']} --out DIR`.", ""]
     plots = _plots(report, out)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -302,6 +462,39 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("time / plaintext CPU (same run)")
         fig.tight_layout()
         path = out / "overhead.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    scaling = report.get("scaling")
+    if scaling:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for execution in sorted({r["execution"] for r in scaling["rows"]}):
+            pts = sorted((r["params"], r["seconds"]) for r in scaling["rows"] if r["execution"] == execution)
+            fit = scaling["fits"].get(execution, {})
+            label = f"{execution} (slope {fit['slope']:.2f})" if fit else execution
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel(f"seconds per batch of {scaling['batch']}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / "scaling.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    degrees = report.get("polynomial_degree")
+    if degrees:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot([r["degree"] for r in degrees["rows"]], [r["encrypted_accuracy"] for r in degrees["rows"]],
+                marker="o", label="CKKS, ReLU -> polynomial")
+        ax.axhline(degrees["plaintext_accuracy"], color="gray", linestyle="--", label="plaintext ReLU")
+        ax.set_xlabel("polynomial degree")
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / "accuracy_vs_degree.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

@@ -275,18 +275,21 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="a few minutes on 2 cores (default)")] = False,
     full: Annotated[bool, typer.Option("--full", help="the whole matrix: more batch sizes and executions")] = False,
     models: Annotated[str, typer.Option(help="comma-separated zoo models (default: the preset's)")] = "",
+    preset: Annotated[str, typer.Option(help="quick, full or gpu (the cells the GPU script runs)")] = "",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Measure encryption overhead against plaintext, side by side, in one run."""
     from secure_infer import bench as runner
 
-    if quick and full:
-        raise typer.BadParameter("choose --quick or --full, not both")
-    preset = "full" if full else "quick"
+    if sum(map(bool, (quick, full, preset))) > 1:
+        raise typer.BadParameter("choose one of --quick, --full or --preset")
+    preset = preset or ("full" if full else "quick")
+    if preset not in runner.PRESETS:
+        raise typer.BadParameter(f"--preset must be one of {', '.join(runner.PRESETS)}")
     chosen = [m.strip() for m in models.split(",") if m.strip()] or None
     spec = runner.PRESETS[preset]
     n_models = len(chosen or spec["models"])
-    total = n_models * len(spec["executions"]) * len(spec["batches"])
+    total = n_models * len(spec["executions"]) * len(spec["batches"])  # plus the sweeps, after
     with _progress() as progress:
         task = progress.add_task(f"bench --{preset}", total=total)
         report = runner.run_matrix(

@@ -18,6 +18,8 @@ def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pyte
         "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-2p", "tenseal-latency", "tenseal-batch"],
         "batches": [1, 4],
         "repeats": 1,
+        "widths": [8, 32],
+        "degrees": [2, 3],
     })
     report = bench.run_matrix("tiny")
     cells = report["cells"]
@@ -37,9 +39,15 @@ def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pyte
     env = report["environment"]
     assert env["seed"] == 0 and env["versions"]["torch"].startswith("2.13") and env["cpu_count"] >= 1
 
+    fits = report["scaling"]["fits"]
+    assert set(fits) == {"plaintext-cpu", "crypten-2p", "tenseal-batch"}
+    assert [r["degree"] for r in report["polynomial_degree"]["rows"]] == [2, 3]
+    assert all(r["encrypted_accuracy"] > 0.8 for r in report["polynomial_degree"]["rows"])
+
     paths = bench.write_report(report, tmp_path)
     names = {p.name for p in paths}
-    assert {"report.json", "report.md", "latency_vs_batch.png", "overhead.png"} <= names
+    assert {"report.json", "report.md", "latency_vs_batch.png", "overhead.png", "scaling.png",
+            "accuracy_vs_degree.png"} <= names
     assert json.loads((tmp_path / "report.json").read_text())["preset"] == "tiny"
     md = (tmp_path / "report.md").read_text()
     assert "crypten-2p" in md and ("not run" in md or "plaintext-gpu" in md)

@@ -379,6 +379,12 @@ class PartyPool:
 
 def child_main(rank: int) -> None:
     """Entry point of a party process started by :class:`PartyPool`."""
+    import warnings
+
+    # CrypTen 0.4.1's own deprecation and numpy-writability warnings, once per
+    # party, say nothing to the user of secure-infer.
+    warnings.filterwarnings("ignore", module=r"crypten(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     host, port = os.environ["SECURE_INFER_PARENT"].rsplit(":", 1)
     conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop("SECURE_INFER_AUTHKEY")))
     _send(conn, ("hello", rank))
