@@ -345,8 +345,10 @@ def environment(seed: int) -> dict[str, Any]:
     """What the numbers depend on."""
     from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
-    for pkg in ("secure-infer", "torch", "crypten", "tenseal", "numpy", "scikit-learn"):
+    import secure_infer
+
+    versions = {"secure-infer": secure_infer.__version__}
+    for pkg in ("torch", "crypten", "tenseal", "numpy", "scikit-learn"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
