@@ -402,8 +402,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         if c["status"] != "measured":
             lines.append(f"| {c['model']} | {c['execution']} | {c['batch']} | not run: {c['reason']} |||||||")
             continue
+        timed = c["extra"].get("batch_size", c["batch"])
+        batch = c["batch"] if timed == c["batch"] else f"{c['batch']} ({timed} timed)"
         lines.append(
-            f"| {c['model']} | {c['execution']} | {c['batch']} | {_fmt(c['per_input_s'] * 1e3)} | "
+            f"| {c['model']} | {c['execution']} | {batch} | {_fmt(c['per_input_s'] * 1e3)} | "
             f"{_fmt(c['throughput'])} | {_fmt(c['overhead_vs_cpu'])} | {_fmt(c['agreement'])} | "
             f"{_fmt(c['max_abs_error'])} | {_fmt(c['bytes_per_input'])} | {_fmt(c['rounds'])} | "
             f"{_fmt(c['key_bytes'] / 1e6 if c['key_bytes'] else None)} |"
