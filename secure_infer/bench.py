@@ -456,19 +456,35 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
-    enc = [c for c in measured if c["overhead_vs_cpu"] and not c["execution"].startswith("plaintext")]
-    if enc:
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(enc)), 4))
-        labels = [f"{c['model']}\n{c['execution']}\nb={c['batch']}" for c in enc]
-        ax.bar(range(len(enc)), [c["overhead_vs_cpu"] for c in enc])
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(enc)), labels, fontsize=6)
-        ax.set_ylabel("time / plaintext CPU (same run)")
+    def grouped_bars(value: Callable[[dict[str, Any]], float | None], ylabel: str, name: str) -> None:
+        rows = [c for c in measured if value(c)]
+        if not rows:
+            return
+        model_names = sorted({c["model"] for c in rows})
+        fig, axes = plt.subplots(1, len(model_names), figsize=(3.2 * len(model_names), 3.8), squeeze=False)
+        for ax, model in zip(axes[0], model_names, strict=True):
+            cells = [c for c in rows if c["model"] == model]
+            executions = sorted({c["execution"] for c in cells})
+            batches = sorted({str(c["batch"]) for c in cells})
+            width = 0.8 / len(batches)
+            for k, batch in enumerate(batches):
+                heights = [next((value(c) for c in cells if c["execution"] == e and str(c["batch"]) == batch), 0)
+                           for e in executions]
+                ax.bar([i + k * width for i in range(len(executions))], heights, width, label=f"batch {batch}")
+            ax.set_yscale("log")
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(executions))], executions, rotation=45,
+                          ha="right", fontsize=7)
+            ax.set_title(model, fontsize=9)
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        path = out / "overhead.png"
+        path = out / name
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
+
+    grouped_bars(lambda c: None if c["execution"].startswith("plaintext") else c["overhead_vs_cpu"],
+                 "time / plaintext CPU (same run)", "overhead.png")
 
     scaling = report.get("scaling")
     if scaling:
@@ -503,16 +519,6 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    sized = [c for c in measured if c["bytes_per_input"]]
-    if sized:
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(sized)), 4))
-        ax.bar(range(len(sized)), [c["bytes_per_input"] / 1e6 for c in sized])
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(sized)), [f"{c['model']}\n{c['execution']}\nb={c['batch']}" for c in sized], fontsize=6)
-        ax.set_ylabel("MB on the wire per input")
-        fig.tight_layout()
-        path = out / "bytes_per_input.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+    grouped_bars(lambda c: c["bytes_per_input"] / 1e6 if c["bytes_per_input"] else None,
+                 "MB on the wire per input", "bytes_per_input.png")
     return written
