@@ -53,7 +53,13 @@ class ProtocolError(SecureInferError):
 
 
 class PartyFailure(SecureInferError):
-    """A party process that died, timed out or could not start."""
+    """A party process that died, timed out or could not start.
+
+    The message names the party that caused it; ``details`` holds the failing
+    party's traceback, when there is one.
+    """
+
+    details: str = ""
 
 
 __all__ = [

@@ -288,9 +288,23 @@ class PartyPool:
     def ranks(self) -> range:
         return range(self.parties)
 
-    def _fail(self, message: str) -> PartyFailure:
+    def _fail(self, message: str, details: str = "") -> PartyFailure:
         self.close(force=True)
-        return PartyFailure(message)
+        error = PartyFailure(message)
+        error.details = details  # the party's full traceback, for debugging
+        return error
+
+    def _explain(self, rank: int, phase: str, traceback_text: str) -> str:
+        """Name the root cause: a party that died makes its peers fail in gloo."""
+        last = [line for line in traceback_text.strip().splitlines() if line.strip()]
+        cause = last[-1].strip() if last else "unknown error"
+        time.sleep(0.2)  # let a dying peer's exit status settle
+        dead = [r for r, proc in enumerate(self._procs) if r != rank and proc.poll() is not None]
+        if dead:
+            names = ", ".join(f"party {r} ({role_of(r, self.parties)}) exited with code {self._procs[r].returncode}"
+                              for r in dead)
+            return f"{names} during {phase}; party {rank} ({role_of(rank, self.parties)}) then failed ({cause}); all parties were stopped"
+        return f"party {rank} ({role_of(rank, self.parties)}) failed during {phase}: {cause}; all parties were stopped"
 
     def _collect(self, kind: str, ranks: Any, *, phase: str) -> dict[int, Any]:
         """Wait for ``kind`` from every rank; turn deaths, errors and timeouts into PartyFailure."""
@@ -312,7 +326,7 @@ class PartyPool:
                 except (EOFError, OSError):
                     continue  # the exit code below reports the death
                 if what == "error":
-                    raise self._fail(f"party {rank} ({role_of(rank, self.parties)}) failed during {phase}:\n{payload}")
+                    raise self._fail(self._explain(rank, phase, payload))
                 if what == kind:
                     got[rank] = payload
                     waiting.discard(rank)
