@@ -66,6 +66,18 @@ class _Ops:
         self.ev.mod_switch_to(ct, like.parms_id(), out)
         return out
 
+    def dot(self, pairs: Any) -> Any | None:
+        """Sum of ciphertext x plaintext products (not rescaled); None for an empty sum."""
+        acc = None
+        for ct, plain in pairs:
+            term = self.new()
+            self.ev.multiply_plain(ct, plain, term)
+            if acc is None:
+                acc = term
+            else:
+                self.ev.add_inplace(acc, term)
+        return acc
+
     def mul(self, a: Any, b: Any) -> Any:
         out = self.new()
         self.ev.multiply(a, b, out)
@@ -214,14 +226,7 @@ class LatencyPlan:
             ev.rotate_vector(babies[b - 1], 1, keys, babies[b])
         result = None
         for block in reversed(plan.blocks):  # Horner over giant steps: one key for step g
-            inner = None
-            for b, plain in block:
-                term = ops.new()
-                ev.multiply_plain(babies[b], plain, term)
-                if inner is None:
-                    inner = term
-                else:
-                    ev.add_inplace(inner, term)
+            inner = ops.dot((babies[b], plain) for b, plain in block)
             if result is not None:
                 ev.rotate_vector_inplace(result, plan.giant, keys)
                 if inner is not None:
@@ -270,24 +275,17 @@ class BatchPlan:
         return cts
 
     def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any]) -> list[Any]:
-        ev = ops.ev
         parms = cts[0].parms_id()
         prime = self.server.prime_at(parms)
         out = []
         encoded: dict[float, Any] = {}
+        def plain_of(weight: float) -> Any:
+            if weight not in encoded:
+                encoded[weight] = self.server.encode(weight, parms, prime)
+            return encoded[weight]
+
         for row, bias in zip(stage.matrix, stage.bias, strict=True):
-            acc = None
-            for j in np.flatnonzero(row):
-                weight = float(row[j])
-                plain = encoded.get(weight)
-                if plain is None:
-                    plain = encoded[weight] = self.server.encode(weight, parms, prime)
-                term = ops.new()
-                ev.multiply_plain(cts[j], plain, term)
-                if acc is None:
-                    acc = term
-                else:
-                    ev.add_inplace(acc, term)
+            acc = ops.dot((cts[j], plain_of(float(row[j]))) for j in np.flatnonzero(row))
             if acc is None:
                 acc = ops.mul_scalar_pending(cts[0], 0.0)
             ops.rescale(acc)
