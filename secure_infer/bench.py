@@ -49,6 +49,7 @@ PRESETS["gpu"] = {
     "batches": [1, 16, 64],
     "repeats": 5,
     "widths": [],
+    "depths": [],
     "degrees": [],
 }
 
@@ -274,12 +275,14 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
                 if on_cell is not None:
                     on_cell(cell)
     widths, degree_list = spec.get("widths", [16, 64, 256]), spec.get("degrees", [2, 3, 4])
-    scaling = scaling_sweep(seed, digits, widths=widths) if widths else None
+    depths = spec.get("depths", [1, 2, 3])
+    scaling = scaling_sweep(seed, digits, widths=widths, depths=depths) if widths else None
     degrees = degree_sweep(seed, digits, degrees=degree_list) if degree_list else None
     return {
         "preset": preset,
         "seconds": time.perf_counter() - started,
         "scaling": scaling,
+        "batch_scaling": batch_fits([asdict(c) for c in cells]),
         "polynomial_degree": degrees,
         "environment": environment(seed),
         "dataset": digits.description + "; reference28/lenet28 on generated 28x28 inputs (timing only)",
@@ -287,43 +290,80 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
     }
 
 
-def _mlp(width: int, data: datasets.Dataset, seed: int) -> torch.nn.Module:
+def _mlp(width: int, seed: int, depth: int = 1) -> torch.nn.Module:
     from torch import nn
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10)).eval()
+        layers: list[nn.Module] = [nn.Flatten()]
+        features = 64
+        for _ in range(depth):
+            layers += [nn.Linear(features, width), nn.ReLU()]
+            features = width
+        layers.append(nn.Linear(features, 10))
+        return nn.Sequential(*layers).eval()
 
 
-def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], batch: int = 16) -> dict[str, Any]:
-    """Cost against model size: MLPs of growing width, a log-log slope per execution.
-
-    The slope predicts a bigger model's cost: time ~ parameters ** slope.
-    """
-    import numpy as np
-
+def _sweep_rows(models: list[tuple[dict[str, Any], torch.nn.Module]], data: datasets.Dataset,
+                x: torch.Tensor) -> list[dict[str, Any]]:
     import secure_infer as si
 
-    x = _inputs(data, batch)
     rows = []
-    for width in widths:
-        model = _mlp(width, data, seed)
-        params = sum(p.numel() for p in model.parameters())
+    for info, model in models:
         cpu = baselines.time_plaintext(model, x, repeats=20)
-        rows.append({"width": width, "params": params, "execution": "plaintext-cpu", "seconds": cpu.p50_s})
+        rows.append({**info, "execution": "plaintext-cpu", "seconds": cpu.p50_s})
         for execution, backend, options in (("crypten-2p", "crypten", {}),
                                             ("tenseal-batch", "tenseal", {"mode": "batch", "calibration": data.x_train[:256]})):
             with si.wrap(model, backend, sample_input=x[:1], **options) as enc:
-                samples, _ = _time(lambda enc=enc: enc(x), 1 if backend == "tenseal" else 2, warmup=backend != "tenseal")
-            rows.append({"width": width, "params": params, "execution": execution, "seconds": statistics.median(samples)})
-    slopes = {}
+                samples, _ = _time(lambda enc=enc: enc(x), 1 if backend == "tenseal" else 3, warmup=backend != "tenseal")
+            rows.append({**info, "execution": execution, "seconds": statistics.median(samples)})
+    return rows
+
+
+def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], depths: list[int] | None = None,
+                  batch: int = 16) -> dict[str, Any]:
+    """Cost against model size, so a bigger model's cost can be predicted before running it.
+
+    Width: MLPs 64-width-10, log-log slope of time against parameters
+    (time ~ exp(intercept) * params ** slope). Depth: MLPs with 1..k hidden
+    layers of width 64, linear slope in seconds per extra layer.
+    """
+    import numpy as np
+
+    x = _inputs(data, batch)
+    by_width = [({"sweep": "width", "width": w, "depth": 1, "params": sum(p.numel() for p in _mlp(w, seed).parameters())},
+                 _mlp(w, seed)) for w in widths]
+    by_depth = [({"sweep": "depth", "width": 64, "depth": d, "params": sum(p.numel() for p in _mlp(64, seed, d).parameters())},
+                 _mlp(64, seed, d)) for d in (depths or [])]
+    rows = _sweep_rows(by_width + by_depth, data, x)
+    fits: dict[str, dict[str, float]] = {}
+    depth_fits: dict[str, dict[str, float]] = {}
     for execution in sorted({r["execution"] for r in rows}):
-        pts = [(r["params"], r["seconds"]) for r in rows if r["execution"] == execution]
+        pts = [(r["params"], r["seconds"]) for r in rows if r["execution"] == execution and r["sweep"] == "width"]
         if len(pts) >= 2:
             slope, intercept = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)
-            slopes[execution] = {"slope": float(slope), "intercept": float(intercept)}
-    return {"batch": batch, "rows": rows, "fits": slopes,
+            fits[execution] = {"slope": float(slope), "intercept": float(intercept)}
+        pts = [(r["depth"], r["seconds"]) for r in rows if r["execution"] == execution and r["sweep"] == "depth"]
+        if len(pts) >= 2:
+            slope, intercept = np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)
+            depth_fits[execution] = {"seconds_per_layer": float(slope), "intercept": float(intercept)}
+    return {"batch": batch, "rows": rows, "fits": fits, "depth_fits": depth_fits,
             "note": "time ~ exp(intercept) * params ** slope, MLP 64-width-10 on digits, one batch"}
+
+
+def batch_fits(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Log-log slope of time per call against batch size, per model and execution (1 = linear)."""
+    import numpy as np
+
+    out = {}
+    for key in sorted({(c["model"], c["execution"]) for c in cells if c["status"] == "measured"}):
+        pts = [(c["extra"].get("batch_size", c["batch"]), c["p50_s"]) for c in cells
+               if (c["model"], c["execution"]) == key and c["status"] == "measured"]
+        pts = [(int(b), t) for b, t in pts if isinstance(b, int)]
+        if len({b for b, _ in pts}) >= 2:
+            slope, _ = np.polyfit(np.log([b for b, _ in pts]), np.log([t for _, t in pts]), 1)
+            out[f"{key[0]} / {key[1]}"] = {"slope": float(slope)}
+    return out
 
 
 def degree_sweep(seed: int, data: datasets.Dataset, *, degrees: list[int]) -> dict[str, Any]:
@@ -415,6 +455,13 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         lines += ["", f"## Scaling with model size ({scaling['note']})", "",
                   "| execution | fitted slope (log time vs log params) |", "|---|---|"]
         lines += [f"| {k} | {v['slope']:.2f} |" for k, v in scaling["fits"].items()]
+        if scaling.get("depth_fits"):
+            lines += ["", "| execution | seconds per extra hidden layer (width 64, one batch) |", "|---|---|"]
+            lines += [f"| {k} | {v['seconds_per_layer']:.3g} |" for k, v in scaling["depth_fits"].items()]
+    if report.get("batch_scaling"):
+        lines += ["", "## Scaling with batch size (log-log slope of time per call; 1 = linear, 0 = flat)", "",
+                  "| model / execution | slope |", "|---|---|"]
+        lines += [f"| {k} | {v['slope']:.2f} |" for k, v in report["batch_scaling"].items()]
     degrees = report.get("polynomial_degree")
     if degrees:
         lines += ["", f"## ReLU replaced by polynomials under CKKS ({degrees['model']}, plaintext accuracy "
@@ -490,7 +537,8 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
     if scaling:
         fig, ax = plt.subplots(figsize=(5, 4))
         for execution in sorted({r["execution"] for r in scaling["rows"]}):
-            pts = sorted((r["params"], r["seconds"]) for r in scaling["rows"] if r["execution"] == execution)
+            pts = sorted((r["params"], r["seconds"]) for r in scaling["rows"]
+                         if r["execution"] == execution and r.get("sweep", "width") == "width")
             fit = scaling["fits"].get(execution, {})
             label = f"{execution} (slope {fit['slope']:.2f})" if fit else execution
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)

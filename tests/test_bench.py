@@ -19,6 +19,7 @@ def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pyte
         "batches": [1, 4],
         "repeats": 1,
         "widths": [8, 32],
+        "depths": [1, 2],
         "degrees": [2, 3],
     })
     report = bench.run_matrix("tiny")
@@ -41,6 +42,8 @@ def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pyte
 
     fits = report["scaling"]["fits"]
     assert set(fits) == {"plaintext-cpu", "crypten-2p", "tenseal-batch"}
+    assert set(report["scaling"]["depth_fits"]) == set(fits)
+    assert "logreg / crypten-2p" in report["batch_scaling"]
     assert [r["degree"] for r in report["polynomial_degree"]["rows"]] == [2, 3]
     assert all(r["encrypted_accuracy"] > 0.8 for r in report["polynomial_degree"]["rows"])
 
