@@ -8,7 +8,7 @@ graph rewrites) and ``si.approximations`` (polynomial activations).
 
 from __future__ import annotations
 
-from secure_infer import approximations, baselines, datasets, rewrites, zoo
+from secure_infer import approximations, attacks, baselines, datasets, rewrites, zoo
 from secure_infer._errors import (
     BackendUnavailableError,
     DatasetError,
@@ -35,6 +35,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "approximations",
+    "attacks",
     "baselines",
     "check",
     "datasets",
