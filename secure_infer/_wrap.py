@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,8 +119,7 @@ class EncryptedModel:
         y = self.program(x)
         if compare and self.program.last_run is not None:
             err = float((y - self.reference.run(x)).abs().max())
-            stats = self.program.last_run
-            self.program.last_run = RunStats(**{**stats.__dict__, "max_abs_error": err})
+            self.program.last_run = dataclasses.replace(self.program.last_run, max_abs_error=err)
         return y
 
     def evaluate(

@@ -139,9 +139,6 @@ def native_crypten(model: torch.nn.Module, sample_input: torch.Tensor, *, partie
     return CryptenProgram(trace(model, sample_input), parties=parties, native_model=model.eval(), **options)
 
 
-_IN_PROCESS: dict[str, Any] = {}
-
-
 def _init_in_process(precision_bits: int) -> Any:
     from secure_infer._crypten_compat import load_crypten
 
@@ -155,7 +152,6 @@ def _init_in_process(precision_bits: int) -> Any:
         for key, value in {"WORLD_SIZE": "1", "RANK": "0"}.items():
             os.environ.setdefault(key, value)
         crypten.init()
-    _IN_PROCESS["crypten"] = crypten
     return crypten
 
 

@@ -57,7 +57,7 @@ class TensealProgram(Program):
         max_out = max(float(calib_out.abs().max()), output_bound_for(self.compiled, *self.input_range))
         self.worst_case_output = max_out
         depth = self.compiled.depth
-        slots_needed = LatencyPlan.periods_fit(self.compiled, 1 << 30) if mode == "latency" else 1
+        slots_needed = LatencyPlan.periods_fit(self.compiled) if mode == "latency" else 1
         if coeff_mod_bit_sizes is not None or poly_modulus_degree is not None:
             if coeff_mod_bit_sizes is None or poly_modulus_degree is None:
                 raise ParameterError("give poly_modulus_degree and coeff_mod_bit_sizes together")

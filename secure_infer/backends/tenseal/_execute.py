@@ -149,7 +149,7 @@ class LatencyPlan:
         self.output_period = period
 
     @staticmethod
-    def periods_fit(compiled: Compiled, slots: int) -> int:
+    def periods_fit(compiled: Compiled) -> int:
         """The largest padded vector the plan needs (must be <= slots)."""
         need = pow2(compiled.input_size)
         for stage in compiled.stages:

@@ -109,10 +109,6 @@ class ClientKeys:
         self._decryptor.decrypt(ct, plain)
         return np.asarray(self.encoder.decode_double(plain))
 
-    def noise_budget_ok(self, ct: Any) -> bool:
-        """CKKS has no noise budget to read; see the program's overflow check."""
-        return True
-
 
 class ServerContext:
     """The evaluating side: public key material only."""
