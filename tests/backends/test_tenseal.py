@@ -8,6 +8,7 @@ from torch import nn
 
 import secure_infer as si
 from secure_infer import zoo
+from secure_infer.backends.tenseal._client import Layout
 from secure_infer.backends.tenseal._params import CKKSParameters, choose, max_bits_128
 
 pytestmark = pytest.mark.timeout(600)
@@ -89,11 +90,12 @@ def test_relu_is_replaced_and_reported(trained_zoo, digits) -> None:
 
 def test_latency_mode_makes_only_the_rotation_keys_it_uses(trained_zoo, digits) -> None:
     enc = si.wrap(trained_zoo["cryptonets"].model, "tenseal", sample_input=digits.x_test[:1])
-    steps = enc.program.client.public.rotation_steps
+    steps = enc.program.client.keys.public.rotation_steps
     assert steps and all(s & (s - 1) == 0 for s in steps)  # powers of two only
     assert len(steps) < 12  # TenSEAL's generate_galois_keys() makes 2*log2(N/2) = 24
     layout = enc.program.layout()
-    assert "weight" not in " ".join(layout) and layout["input_size"] == 64
+    assert "weight" not in " ".join(layout) and layout["input_shape"] == [1, 8, 8]
+    assert Layout.from_json(layout) == enc.program.published  # the client rebuilds it from JSON alone
 
 
 def test_the_server_side_has_no_secret_key(trained_zoo, digits) -> None:

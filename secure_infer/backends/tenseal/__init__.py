@@ -23,12 +23,13 @@ from secure_infer.backends.tenseal._compile import Compiled, compile_graph
 from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
 from secure_infer.backends.tenseal._params import CKKSParameters, choose
 from secure_infer.backends.tenseal._rules import RULES
-from secure_infer.backends.tenseal._seal import ClientKeys, ServerContext, serialized_size
+from secure_infer.backends.tenseal._client import Layout, LayoutClient
+from secure_infer.backends.tenseal._seal import ServerContext, serialized_size
 from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin"}
+            "margin", "keys"}
 
 
 class TensealProgram(Program):
@@ -37,7 +38,7 @@ class TensealProgram(Program):
     def __init__(self, graph: Graph, sample_input: torch.Tensor, *, mode: str = "latency",
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
-                 scale_bits: int | None = None, margin: float = 0.1) -> None:
+                 scale_bits: int | None = None, margin: float = 0.1, keys: bool = True) -> None:
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {MODES}, got {mode!r}")
         calib = sample_input if calibration is None else calibration
@@ -86,72 +87,64 @@ class TensealProgram(Program):
         else:
             self.plan = BatchPlan(self.compiled, None, slots)
             steps = ()
+        self.published = Layout(
+            mode=mode, input_shape=tuple(graph.input_shape[1:]), output_size=self.compiled.output_size,
+            input_range=self.input_range, output_bound=self.output_bound, params=self.params,
+            period=self.plan.input_period if isinstance(self.plan, LatencyPlan) else 0,
+            rotation_steps=tuple(s % slots for s in steps if s % slots),
+        )
         # client side: keys; only public material crosses to the server object
-        self.client = ClientKeys(self.params, steps)
-        self.server = ServerContext(self.params, self.client.public)
+        self.client = LayoutClient(self.published) if keys else None
+        self.server = ServerContext(self.params, self.client.keys.public if self.client else None)
         if isinstance(self.plan, LatencyPlan):
             self.plan.encode_weights(self.server)
         else:
             self.plan.server = self.server
         self.setup_s = time.perf_counter() - started
-        self.key_bytes = self.client.public.sizes()
+        self.key_bytes = self.client.keys.public.sizes() if self.client else {}
         self.conversions = list(graph.conversions) + _conversions(graph, self.compiled)
         self._ct_in_bytes: int | None = None
 
-    def _check_input(self, x: torch.Tensor) -> np.ndarray:
-        low, high = self.input_range
-        if float(x.min()) < low or float(x.max()) > high:
-            raise ParameterError(
-                f"input values span [{float(x.min()):.3g}, {float(x.max()):.3g}], outside the calibrated range "
-                f"[{low:.3g}, {high:.3g}]; the polynomial approximations and CKKS parameters would give garbage: "
-                "wrap again with calibration= covering such inputs"
-            )
-        return x.detach().double().reshape(len(x), -1).numpy()
+    def evaluate(self, ciphertexts: list[Any], server: ServerContext | None = None) -> list[Any]:
+        """Server side: one request's ciphertexts in, output ciphertexts out, under ``server``'s keys.
 
-    def _check_output(self, y: np.ndarray) -> None:
-        if not np.isfinite(y).all() or np.abs(y).max() > self.output_bound:
-            raise ParameterError(
-                f"decrypted outputs exceed what the CKKS parameters can hold (|y| <= {self.output_bound:.3g}): "
-                "the result would be garbage. Calibrate with inputs like this one, or give a larger first prime"
-            )
+        A request is one input in latency mode, a block of inputs (one
+        ciphertext per feature) in batch mode: see :meth:`LayoutClient.requests`.
+        """
+        if isinstance(self.plan, LatencyPlan):
+            if len(ciphertexts) != 1:
+                raise ParameterError(f"latency mode takes 1 ciphertext per request, got {len(ciphertexts)}")
+            return [self.plan.run(ciphertexts[0], server)]
+        if len(ciphertexts) != self.compiled.input_size:
+            raise ParameterError(f"batch mode takes {self.compiled.input_size} ciphertexts (one per input value), "
+                                 f"got {len(ciphertexts)}")
+        return self.plan.run(ciphertexts, server)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = self._check_input(x)
+        if self.client is None:
+            raise ParameterError("this program was compiled with keys=False (for a protocol server): it has no "
+                                 "client keys; query it through protocols.he.HEClient")
+        flat = self.client.check_input(x)
         started = time.perf_counter()
         enc_s = comp_s = dec_s = 0.0
-        outputs = []
+        chunks = []
         n_in = n_out = 0
-        if isinstance(self.plan, LatencyPlan):
-            for row in flat:
-                t0 = time.perf_counter()
-                ct = self.client.encrypt(self.plan.pack(row))
-                t1 = time.perf_counter()
-                out = self.plan.run(ct)
-                t2 = time.perf_counter()
-                values = self.client.decrypt(out)[: self.compiled.output_size]
-                t3 = time.perf_counter()
-                enc_s, comp_s, dec_s = enc_s + t1 - t0, comp_s + t2 - t1, dec_s + t3 - t2
-                outputs.append(values)
-                n_in, n_out = n_in + 1, n_out + 1
-            y = np.stack(outputs)
-            last_in, last_out = ct, out
-        else:
-            chunks = []
-            for start in range(0, len(flat), self.params.slots):
-                block = flat[start : start + self.params.slots]
-                t0 = time.perf_counter()
-                cts = [self.client.encrypt(block[:, j]) for j in range(block.shape[1])]
-                t1 = time.perf_counter()
-                outs = self.plan.run(cts)
-                t2 = time.perf_counter()
-                chunk = np.stack([self.client.decrypt(o)[: len(block)] for o in outs], axis=1)
-                t3 = time.perf_counter()
-                enc_s, comp_s, dec_s = enc_s + t1 - t0, comp_s + t2 - t1, dec_s + t3 - t2
-                chunks.append(chunk)
-                n_in, n_out = n_in + len(cts), n_out + len(outs)
-            y = np.concatenate(chunks)
+        requests = self.client.requests(flat)
+        while True:
+            t0 = time.perf_counter()
+            unit = next(requests, None)
+            if unit is None:
+                break
+            rows, cts = unit
+            t1 = time.perf_counter()
+            outs = self.evaluate(cts)
+            t2 = time.perf_counter()
+            chunks.append(self.client.decrypt(outs, rows))
+            t3 = time.perf_counter()
+            enc_s, comp_s, dec_s = enc_s + t1 - t0, comp_s + t2 - t1, dec_s + t3 - t2
+            n_in, n_out = n_in + len(cts), n_out + len(outs)
             last_in, last_out = cts[0], outs[0]
-        self._check_output(y)
+        y = np.concatenate(chunks)
         if self._ct_in_bytes is None:
             self._ct_in_bytes = serialized_size(last_in)
             self._ct_out_bytes = serialized_size(last_out)
@@ -166,20 +159,14 @@ class TensealProgram(Program):
                 "depth_used": self.compiled.depth, "depth_available": self.params.depth,
                 "slots": self.params.slots,
                 "slots_used": (self.plan.input_period if isinstance(self.plan, LatencyPlan) else min(len(flat), self.params.slots)),
-                "rotation_keys": list(self.client.public.rotation_steps),
+                "rotation_keys": list(self.published.rotation_steps),
             },
         )
         return torch.from_numpy(y).float()
 
     def layout(self) -> dict[str, Any]:
-        """What the server publishes for the client: shapes and packing, never weights."""
-        out: dict[str, Any] = {"mode": self.mode, "input_size": self.compiled.input_size,
-                               "output_size": self.compiled.output_size, "slots": self.params.slots,
-                               "input_range": list(self.input_range)}
-        if isinstance(self.plan, LatencyPlan):
-            out.update(period=self.plan.input_period, output_period=self.plan.output_period,
-                       rotation_steps=list(self.plan.rotation_steps))
-        return out
+        """What the server publishes for the client: shapes, packing and parameters, never weights."""
+        return self.published.to_json()
 
     def describe(self) -> dict[str, Any]:
         keys = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in self.key_bytes.items())
@@ -189,7 +176,7 @@ class TensealProgram(Program):
                                          else "one input per slot (SIMD), one ciphertext per feature"),
             "parameters": self.params.describe(),
             "public key material": keys,
-            "rotation keys": str(list(self.client.public.rotation_steps)),
+            "rotation keys": str(list(self.published.rotation_steps)),
             "depth": f"{self.compiled.depth} used of {self.params.depth}",
             "threat model": "semi-honest server; it sees the public context and ciphertexts only",
         }
@@ -252,4 +239,4 @@ def _factory() -> Backend:
     return TensealBackend()
 
 
-__all__ = ["MODES", "TensealBackend", "TensealProgram"]
+__all__ = ["MODES", "Layout", "LayoutClient", "TensealBackend", "TensealProgram"]

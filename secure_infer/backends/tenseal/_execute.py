@@ -207,9 +207,13 @@ class LatencyPlan:
 
                 level += stage_depth(stage, i == len(self.compiled.stages) - 1)
 
-    def run(self, ct: Any) -> Any:
-        assert self.server is not None
-        ops = _Ops(self.server)
+    def run(self, ct: Any, server: ServerContext | None = None) -> Any:
+        """Evaluate on one packed ciphertext with ``server``'s keys (default: the compile-time context).
+
+        The diagonals were encoded once; plaintexts depend only on the CKKS
+        parameters, so one encoding serves every client's keys.
+        """
+        ops = _Ops(server or self._server())
         last = len(self.compiled.stages) - 1
         for i, stage in enumerate(self.compiled.stages):
             if isinstance(stage, AffineStage):
@@ -218,8 +222,13 @@ class LatencyPlan:
                 ct = ops.polynomial(ct, stage, i == last)
         return ct
 
+    def _server(self) -> ServerContext:
+        if self.server is None:
+            raise RuntimeError("the plan has no server context: call encode_weights first")
+        return self.server
+
     def _run_affine(self, ops: _Ops, plan: _LatencyAffine, ct: Any) -> Any:
-        ev, keys = ops.ev, self.server.public.galois_keys
+        ev, keys = ops.ev, ops.server.public.galois_keys
         babies = {0: ct}
         for b in range(1, plan.giant):
             babies[b] = ops.new()
@@ -244,15 +253,24 @@ class LatencyPlan:
         if scale not in plan.bias_cache:
             bias = np.zeros(plan.m_pad)
             bias[: plan.stage.out_size] = plan.stage.bias
-            plan.bias_cache[scale] = self.server.encode(np.tile(bias, self.slots // plan.m_pad), result.parms_id(), scale)
+            plan.bias_cache[scale] = ops.server.encode(np.tile(bias, self.slots // plan.m_pad), result.parms_id(), scale)
         ev.add_plain_inplace(result, plan.bias_cache[scale])
         return result
 
     def pack(self, x: np.ndarray) -> np.ndarray:
-        """Client side: one flat input, padded and repeated across the slots."""
-        padded = np.zeros(self.input_period)
-        padded[: x.size] = x.reshape(-1)
-        return np.tile(padded, self.slots // self.input_period)
+        return pack_latency(x, self.input_period, self.slots)
+
+
+def pack_latency(x: np.ndarray, period: int, slots: int) -> np.ndarray:
+    """Client side of latency mode: one flat input, zero-padded to ``period`` and repeated across the slots.
+
+    Needs only the layout the server publishes (period, slots), never the model.
+    """
+    if x.size > period or slots % period:
+        raise ValueError(f"an input of {x.size} values does not fit period {period} in {slots} slots")
+    padded = np.zeros(period)
+    padded[: x.size] = x.reshape(-1)
+    return np.tile(padded, slots // period)
 
 
 class BatchPlan:
@@ -263,9 +281,12 @@ class BatchPlan:
         self.server = server
         self.slots = slots
 
-    def run(self, cts: list[Any]) -> list[Any]:
-        assert self.server is not None
-        ops = _Ops(self.server)
+    def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
+        """Evaluate on one ciphertext per input feature (one input per slot)."""
+        server = server or self.server
+        if server is None:
+            raise RuntimeError("the plan has no server context")
+        ops = _Ops(server)
         last = len(self.compiled.stages) - 1
         for i, stage in enumerate(self.compiled.stages):
             if isinstance(stage, AffineStage):
@@ -276,12 +297,13 @@ class BatchPlan:
 
     def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any]) -> list[Any]:
         parms = cts[0].parms_id()
-        prime = self.server.prime_at(parms)
+        prime = ops.server.prime_at(parms)
         out = []
         encoded: dict[float, Any] = {}
+
         def plain_of(weight: float) -> Any:
             if weight not in encoded:
-                encoded[weight] = self.server.encode(weight, parms, prime)
+                encoded[weight] = ops.server.encode(weight, parms, prime)
             return encoded[weight]
 
         for row, bias in zip(stage.matrix, stage.bias, strict=True):

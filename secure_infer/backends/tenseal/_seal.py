@@ -32,15 +32,48 @@ def galois_element(step: int, poly_modulus_degree: int) -> int:
     return pow(3, step, 2 * poly_modulus_degree)
 
 
-def serialized_size(obj: Any) -> int:
-    """Bytes ``obj`` takes in SEAL's (compressed) serialization."""
+def to_bytes(obj: Any) -> bytes:
+    """SEAL's own (compressed) serialization of a key, ciphertext or plaintext.
+
+    ``tenseal.sealapi`` exposes only ``save(path)``, hence the temporary file.
+    """
     fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal")
     os.close(fd)
     try:
         obj.save(path)
-        return os.path.getsize(path)
+        with open(path, "rb") as fh:
+            return fh.read()
     finally:
         os.unlink(path)
+
+
+SEAL_KINDS = ("Ciphertext", "PublicKey", "RelinKeys", "GaloisKeys")
+
+
+def from_bytes(kind: str, context: Any, data: bytes) -> Any:
+    """Load a SEAL object of ``kind`` (one of :data:`SEAL_KINDS`) checked against ``context``.
+
+    SEAL validates the header, sizes and parameters while loading; anything it
+    rejects raises ``ValueError`` naming the kind.
+    """
+    if kind not in SEAL_KINDS:
+        raise ValueError(f"unknown SEAL object kind {kind!r}")
+    obj = getattr(_seal(), kind)()
+    fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        obj.load(context, path)
+    except Exception as exc:  # SEAL raises RuntimeError/ValueError/IndexError on bad bytes
+        raise ValueError(f"not a valid SEAL {kind} for these parameters: {exc}") from None
+    finally:
+        os.unlink(path)
+    return obj
+
+
+def serialized_size(obj: Any) -> int:
+    """Bytes ``obj`` takes in SEAL's (compressed) serialization."""
+    return len(to_bytes(obj))
 
 
 def seal_context(params: CKKSParameters) -> Any:
@@ -111,9 +144,13 @@ class ClientKeys:
 
 
 class ServerContext:
-    """The evaluating side: public key material only."""
+    """The evaluating side: public key material only.
 
-    def __init__(self, params: CKKSParameters, public: PublicMaterial) -> None:
+    ``public=None`` gives a context that can encode weights but not evaluate
+    (a server compiling a program before any client has sent its keys).
+    """
+
+    def __init__(self, params: CKKSParameters, public: PublicMaterial | None) -> None:
         seal = _seal()
         self.params = params
         self.context = seal_context(params)

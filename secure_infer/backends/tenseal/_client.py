@@ -1,0 +1,168 @@
+"""The data owner's half of a compiled TenSEAL program.
+
+Everything the client does (check the input, pack it, encrypt, decrypt, check
+the output) needs only the :class:`Layout` the server publishes: shapes, the
+packing and the CKKS parameters, never a weight. The in-process
+:class:`~secure_infer.backends.tenseal.TensealProgram` and the network client
+in ``protocols.he`` both use this one class, so they pack identically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from secure_infer._errors import ParameterError
+from secure_infer.backends.tenseal._execute import pack_latency
+from secure_infer.backends.tenseal._params import CKKSParameters
+from secure_infer.backends.tenseal._seal import ClientKeys
+
+MODES = ("latency", "batch")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the server publishes about a compiled program: enough to encrypt for it, no weights.
+
+    Attributes:
+        mode: ``"latency"`` (one input per ciphertext) or ``"batch"`` (one input per slot).
+        input_shape: one input's shape, without the batch dimension.
+        output_size: values per output.
+        input_range: the calibrated range every input element must lie in.
+        output_bound: largest |output| the first prime holds; larger decrypts are garbage.
+        params: the CKKS parameters (128-bit secure; the client re-checks).
+        period: latency mode: the padded input length repeated across the slots.
+        rotation_steps: latency mode: the Galois keys the server needs.
+    """
+
+    mode: str
+    input_shape: tuple[int, ...]
+    output_size: int
+    input_range: tuple[float, float]
+    output_bound: float
+    params: CKKSParameters
+    period: int = 0
+    rotation_steps: tuple[int, ...] = ()
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "input_shape": list(self.input_shape), "output_size": self.output_size,
+            "input_range": list(self.input_range), "output_bound": self.output_bound,
+            "poly_modulus_degree": self.params.poly_modulus_degree,
+            "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes), "scale_bits": self.params.scale_bits,
+            "period": self.period, "rotation_steps": list(self.rotation_steps),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Layout:
+        """Parse and validate a published layout; ``ParameterError`` names the bad field."""
+        if not isinstance(data, dict):
+            raise ParameterError("layout: expected a JSON object")
+
+        def ints(name: str) -> tuple[int, ...]:
+            value = data.get(name)
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ParameterError(f"layout.{name}: expected a list of integers")
+            return tuple(value)
+
+        def number(name: str, kind: type = float) -> Any:
+            value = data.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+                raise ParameterError(f"layout.{name}: expected a {'number' if kind is float else 'integer'}")
+            return kind(value)
+
+        mode = data.get("mode")
+        if mode not in MODES:
+            raise ParameterError(f"layout.mode: expected one of {MODES}")
+        rng = data.get("input_range")
+        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)):
+            raise ParameterError("layout.input_range: expected [low, high]")
+        params = CKKSParameters(number("poly_modulus_degree", int), ints("coeff_mod_bit_sizes"),
+                                number("scale_bits", int))
+        params.validate()  # a client never encrypts under parameters weaker than 128-bit
+        layout = cls(mode=mode, input_shape=ints("input_shape"), output_size=number("output_size", int),
+                     input_range=(float(rng[0]), float(rng[1])), output_bound=number("output_bound"),
+                     params=params, period=number("period", int), rotation_steps=ints("rotation_steps"))
+        if min(layout.input_shape, default=0) < 1 or layout.output_size < 1:
+            raise ParameterError("layout: input_shape and output_size must be positive")
+        if mode == "latency" and not (layout.input_size <= layout.period <= layout.slots
+                                      and layout.slots % max(layout.period, 1) == 0):
+            raise ParameterError("layout.period: must be a power of two between the input size and the slot count")
+        return layout
+
+
+class LayoutClient:
+    """Encrypts inputs for, and decrypts outputs of, a program with a given :class:`Layout`."""
+
+    def __init__(self, layout: Layout, keys: ClientKeys | None = None) -> None:
+        self.layout = layout
+        self.keys = keys or ClientKeys(layout.params, layout.rotation_steps)
+
+    def check_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Validate shape, dtype and range at the boundary; return inputs as flat float64 rows."""
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise ParameterError(f"input dtype {arr.dtype} is not numeric; pass float values")
+        shape = self.layout.input_shape
+        if arr.shape == shape:
+            arr = arr[None]
+        if tuple(arr.shape[1:]) != shape or arr.shape[0] < 1:
+            raise ParameterError(f"input shape {tuple(arr.shape)} does not match the model's (batch, "
+                                 f"{', '.join(map(str, shape))})")
+        if not np.isfinite(arr).all():
+            raise ParameterError("input contains NaN or infinite values")
+        low, high = self.layout.input_range
+        if float(arr.min()) < low or float(arr.max()) > high:
+            raise ParameterError(
+                f"input values span [{float(arr.min()):.3g}, {float(arr.max()):.3g}], outside the calibrated range "
+                f"[{low:.3g}, {high:.3g}]; the polynomial approximations and CKKS parameters would give garbage: "
+                "wrap again with calibration= covering such inputs"
+            )
+        return arr.astype(np.float64).reshape(len(arr), -1)
+
+    def requests(self, flat: np.ndarray) -> Iterator[tuple[int, list[Any]]]:
+        """Encrypt ``flat`` rows unit by unit: ``(rows in this unit, ciphertexts)``.
+
+        Latency mode: one ciphertext per input. Batch mode: up to ``slots``
+        inputs at once, one ciphertext per input feature.
+        """
+        if self.layout.mode == "latency":
+            for row in flat:
+                yield 1, [self.keys.encrypt(pack_latency(row, self.layout.period, self.layout.slots))]
+        else:
+            for start in range(0, len(flat), self.layout.slots):
+                block = flat[start : start + self.layout.slots]
+                yield len(block), [self.keys.encrypt(block[:, j]) for j in range(block.shape[1])]
+
+    def decrypt(self, outputs: list[Any], rows: int) -> np.ndarray:
+        """Decrypt one unit's output ciphertexts into ``(rows, output_size)``."""
+        if self.layout.mode == "latency":
+            if len(outputs) != 1:
+                raise ParameterError(f"expected 1 output ciphertext, got {len(outputs)}")
+            y = self.keys.decrypt(outputs[0])[None, : self.layout.output_size]
+        else:
+            if len(outputs) != self.layout.output_size:
+                raise ParameterError(f"expected {self.layout.output_size} output ciphertexts, got {len(outputs)}")
+            y = np.stack([self.keys.decrypt(o)[:rows] for o in outputs], axis=1)
+        self.check_output(y)
+        return y
+
+    def check_output(self, y: np.ndarray) -> None:
+        if not np.isfinite(y).all() or np.abs(y).max() > self.layout.output_bound:
+            raise ParameterError(
+                f"decrypted outputs exceed what the CKKS parameters can hold (|y| <= {self.layout.output_bound:.3g}): "
+                "the result would be garbage. Calibrate with inputs like this one, or give a larger first prime"
+            )
