@@ -19,11 +19,11 @@ import torch
 from secure_infer._errors import ParameterError, UnsupportedModelError
 from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
+from secure_infer.backends.tenseal._client import Layout, LayoutClient
 from secure_infer.backends.tenseal._compile import Compiled, compile_graph
 from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
 from secure_infer.backends.tenseal._params import CKKSParameters, choose
 from secure_infer.backends.tenseal._rules import RULES
-from secure_infer.backends.tenseal._client import Layout, LayoutClient
 from secure_infer.backends.tenseal._seal import ServerContext, serialized_size
 from secure_infer.graph import Conversion, Graph
 
