@@ -49,7 +49,16 @@ class BackendUnavailableError(SecureInferError, ImportError):
 
 
 class ProtocolError(SecureInferError):
-    """A message between parties that is malformed, too large or out of order."""
+    """A message between parties that is malformed, too large or out of order.
+
+    Attributes:
+        code: a short machine-readable reason (``"bad-magic"``, ``"frame-too-large"``,
+            ``"secret-key-refused"``...), the same string the wire format's ERROR frame carries.
+    """
+
+    def __init__(self, message: str, *, code: str = "protocol-error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PartyFailure(SecureInferError):

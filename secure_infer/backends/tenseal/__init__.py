@@ -29,7 +29,7 @@ from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin", "keys"}
+            "margin"}
 
 
 class TensealProgram(Program):
@@ -38,7 +38,7 @@ class TensealProgram(Program):
     def __init__(self, graph: Graph, sample_input: torch.Tensor, *, mode: str = "latency",
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
-                 scale_bits: int | None = None, margin: float = 0.1, keys: bool = True) -> None:
+                 scale_bits: int | None = None, margin: float = 0.1) -> None:
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {MODES}, got {mode!r}")
         calib = sample_input if calibration is None else calibration
@@ -94,16 +94,26 @@ class TensealProgram(Program):
             rotation_steps=tuple(s % slots for s in steps if s % slots),
         )
         # client side: keys; only public material crosses to the server object
-        self.client = LayoutClient(self.published) if keys else None
-        self.server = ServerContext(self.params, self.client.keys.public if self.client else None)
+        self.client: LayoutClient | None = LayoutClient(self.published)
+        self.server = ServerContext(self.params, self.client.keys.public)
         if isinstance(self.plan, LatencyPlan):
             self.plan.encode_weights(self.server)
         else:
             self.plan.server = self.server
         self.setup_s = time.perf_counter() - started
-        self.key_bytes = self.client.keys.public.sizes() if self.client else {}
+        self.key_bytes = self.client.keys.public.sizes()
         self.conversions = list(graph.conversions) + _conversions(graph, self.compiled)
         self._ct_in_bytes: int | None = None
+
+    def forget_client_keys(self) -> None:
+        """Drop the local key pair: the program then only evaluates for remote clients' keys.
+
+        A protocol server calls this after ``wrap`` has measured the
+        approximation errors, so the model owner holds no secret key at all.
+        """
+        self.client = None
+        self.server = ServerContext(self.params, None)
+        self.plan.server = self.server
 
     def evaluate(self, ciphertexts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Server side: one request's ciphertexts in, output ciphertexts out, under ``server``'s keys.
@@ -122,8 +132,8 @@ class TensealProgram(Program):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.client is None:
-            raise ParameterError("this program was compiled with keys=False (for a protocol server): it has no "
-                                 "client keys; query it through protocols.he.HEClient")
+            raise ParameterError("this program serves remote clients (forget_client_keys() was called): it has no "
+                                 "key pair here; query it through protocols.he.HEClient")
         flat = self.client.check_input(x)
         started = time.perf_counter()
         enc_s = comp_s = dec_s = 0.0

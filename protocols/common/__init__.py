@@ -1,0 +1,1 @@
+"""How bytes move between parties: the wire format and framed TCP sockets."""

@@ -1,0 +1,188 @@
+"""The data owner's side of HE inference: keys stay here, only ciphertexts leave.
+
+:class:`HEClient` connects, reads the server's published layout (shapes,
+packing, CKKS parameters, the rotation keys it needs), re-checks that the
+parameters are 128-bit secure, creates keys, uploads the public part once per
+session, and then encrypts, queries and decrypts. It packs with the same
+:class:`~secure_infer.backends.tenseal.LayoutClient` as ``si.wrap``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.common.transport import FrameSocket
+from protocols.common.wire import DEFAULT_MAX_FRAME, Frame, MessageType, raise_if_error
+from secure_infer._errors import ParameterError, ProtocolError
+
+PROTOCOL = 1
+
+
+@dataclass(frozen=True)
+class QueryStats:
+    """One :meth:`HEClient.predict` call, measured at the client."""
+
+    inputs: int
+    requests: int
+    encrypt_s: float
+    round_trip_s: float
+    server_compute_s: float
+    decrypt_s: float
+    bytes_up: int
+    bytes_down: int
+
+    @property
+    def bytes_per_input(self) -> float:
+        return (self.bytes_up + self.bytes_down) / max(self.inputs, 1)
+
+
+def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
+    """``"HOST:PORT"`` or ``(host, port)``; ``ParameterError`` naming the field otherwise."""
+    if isinstance(address, tuple):
+        return str(address[0]), int(address[1])
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ParameterError(f"server address {address!r} must look like HOST:PORT (e.g. 127.0.0.1:8750)")
+    return host, int(port)
+
+
+class HEClient:
+    """A connection to an :class:`~protocols.he.server.HEServer`.
+
+    Args:
+        address: ``"HOST:PORT"`` or ``(host, port)``.
+        timeout: seconds to wait for the server (connect, and each reply).
+        max_frame: largest reply accepted, in bytes.
+
+    Keys are uploaded in SEAL's own format; the server also accepts a public
+    TenSEAL context (see the wire format), for clients built on TenSEAL.
+    """
+
+    def __init__(self, address: str | tuple[str, int], *, timeout: float = 300.0,
+                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.address = parse_address(address)
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self.last_query: QueryStats | None = None
+        self._next_id = 0
+        self._conn: FrameSocket | None = None
+        self.session_id: str | None = None
+        self.key_upload_bytes = 0
+        self._connect()
+        from secure_infer.backends.tenseal._client import Layout, LayoutClient
+
+        welcome = self._hello()
+        self.model_name = str(welcome.meta.get("model", "model"))
+        self.layout = Layout.from_json(welcome.meta.get("layout"))
+        self.cipher = LayoutClient(self.layout)
+        self._upload_keys()
+
+    # -- connection ------------------------------------------------------------------------
+    def _connect(self) -> None:
+        host, port = self.address
+        try:
+            sock = socket.create_connection((host, port), timeout=min(self.timeout, 30.0))
+        except OSError as exc:
+            raise ProtocolError(f"cannot reach the server at {host}:{port} ({exc.strerror or exc}); is "
+                                "`secure-infer serve` running there?", code="unreachable") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._conn = FrameSocket(sock, peer=f"server {host}:{port}", max_frame=self.max_frame,
+                                 idle_timeout=self.timeout, frame_timeout=self.timeout)
+
+    def _exchange(self, frame: Frame, expect: MessageType) -> Frame:
+        if self._conn is None:
+            raise ProtocolError("the client is closed", code="closed")
+        self._conn.send(frame)
+        reply = raise_if_error(self._conn.receive())
+        if reply.type is not expect:
+            raise ProtocolError(f"expected {expect.name} from the server, got {reply.type.name}", code="unexpected-message")
+        return reply
+
+    def _hello(self) -> Frame:
+        return self._exchange(Frame(MessageType.HELLO, {"protocol": PROTOCOL, "client": "secure-infer"}),
+                              MessageType.WELCOME)
+
+    def _upload_keys(self) -> None:
+        from secure_infer.backends.tenseal._seal import to_bytes
+
+        public = self.cipher.keys.public
+        names = ["public_key", "relin_keys"] + (["galois_keys"] if public.galois_keys is not None else [])
+        blobs = tuple(to_bytes(getattr(public, n)) for n in names)
+        frame = Frame(MessageType.KEYS, {"format": "seal", "names": names}, blobs)
+        reply = self._exchange(frame, MessageType.SESSION)
+        self.session_id = str(reply.meta["session"])
+        self.key_upload_bytes = frame.size
+
+    def reconnect(self) -> None:
+        """Open a new connection and resume the session: keys are not uploaded again."""
+        self.close(bye=False)
+        self._connect()
+        self._hello()
+        self._exchange(Frame(MessageType.RESUME, {"session": self.session_id}), MessageType.SESSION)
+
+    def close(self, *, bye: bool = True) -> None:
+        if self._conn is None:
+            return
+        if bye:
+            try:
+                self._conn.send(Frame(MessageType.BYE))
+            except ProtocolError:
+                pass
+        self._conn.close()
+        self._conn = None
+
+    def __enter__(self) -> HEClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inference -------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Encrypt ``x`` (one input or a batch), have the server evaluate it, decrypt the outputs."""
+        from secure_infer.backends.tenseal._seal import from_bytes, to_bytes
+
+        assert self._conn is not None
+        flat = self.cipher.check_input(x)
+        enc_s = rtt_s = comp_s = dec_s = 0.0
+        up = down = requests = 0
+        outputs = []
+        units = self.cipher.requests(flat)
+        context = self.cipher.keys.context
+        while True:
+            t0 = time.perf_counter()
+            unit = next(units, None)
+            if unit is None:
+                break
+            rows, cts = unit
+            frame = Frame(MessageType.QUERY, {"id": self._next_id}, tuple(to_bytes(c) for c in cts))
+            t1 = time.perf_counter()
+            before_in, before_out = self._conn.bytes_in, self._conn.bytes_out
+            reply = self._exchange(frame, MessageType.RESULT)
+            if reply.meta.get("id") != self._next_id:
+                raise ProtocolError("the server answered another request", code="unexpected-message")
+            t2 = time.perf_counter()
+            try:
+                outs = [from_bytes("Ciphertext", context, blob) for blob in reply.blobs]
+            except ValueError as exc:
+                raise ProtocolError(f"the server returned a bad ciphertext: {exc}", code="bad-ciphertext") from None
+            outputs.append(self.cipher.decrypt(outs, rows))
+            t3 = time.perf_counter()
+            self._next_id += 1
+            requests += 1
+            up += self._conn.bytes_out - before_out
+            down += self._conn.bytes_in - before_in
+            enc_s, rtt_s, dec_s = enc_s + t1 - t0, rtt_s + t2 - t1, dec_s + t3 - t2
+            comp_s += float(reply.meta.get("compute_s", 0.0))
+        self.last_query = QueryStats(len(flat), requests, enc_s, rtt_s, comp_s, dec_s, up, down)
+        return torch.from_numpy(np.concatenate(outputs)).float()
+
+    def describe(self) -> dict[str, Any]:
+        return {"server": f"{self.address[0]}:{self.address[1]}", "model": self.model_name,
+                "mode": self.layout.mode, "session": self.session_id, "key_upload_bytes": self.key_upload_bytes}
