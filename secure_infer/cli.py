@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -62,6 +63,7 @@ def _fmt_ms(result: baselines.BaselineResult, notes: dict[str, str]) -> str:
 
 @app.command()
 def demo(
+    what: Annotated[str, typer.Argument(help="all (the default tables), mpc (party processes) or he (client/server)")] = "all",
     dataset: Annotated[str, typer.Option(help="digits or breast_cancer")] = "digits",
     seed: Annotated[int, typer.Option(help="seed for the split, initialisation and training")] = 0,
     models: Annotated[
@@ -71,14 +73,27 @@ def demo(
     parties: Annotated[int, typer.Option(help="CrypTen parties (separate processes); 0 skips encryption")] = 2,
     limit: Annotated[int, typer.Option(help="test inputs to run encrypted (0 = the whole test split)")] = 0,
     tenseal: Annotated[bool, typer.Option(help="also run TenSEAL (CKKS) in batch and latency mode")] = True,
+    dealer: Annotated[bool, typer.Option(help="mpc: add a trusted dealer process for Beaver triples")] = False,
+    task: Annotated[str, typer.Option(help="mpc: infer, or train (data owners train an MLP together)")] = "infer",
+    split: Annotated[str, typer.Option(help="mpc train: rows (horizontal) or features (vertical)")] = "rows",
 ) -> None:
-    """Train the zoo on embedded data; run it in plaintext and under CrypTen MPC.
+    """Train the zoo on embedded data; run it in plaintext and under CrypTen MPC and TenSEAL.
 
     Each model is secret-shared between a model owner and a data owner (real
     processes talking over TCP), the test split is classified encrypted, and
     accuracy, cost and agreement with plaintext are set side by side.
+
+    `demo mpc --parties 3` runs every party as its own `secure-infer party`
+    process instead (add `--task train` for training between data owners);
+    `demo he` serves a model over TCP and queries it as a separate client.
     """
+    if what not in ("all", "mpc", "he"):
+        raise typer.BadParameter("WHAT must be all, mpc or he")
     data = datasets.load(dataset, seed=seed)
+    if what != "all":
+        _demo_parties(what, data, parties=parties, dealer=dealer, task=task, split=split, limit=limit, seed=seed,
+                      json_out=json_out)
+        return
     names = [m.strip() for m in models.split(",") if m.strip()] or [
         n for n in zoo.available() if len(data.input_shape) == 3 or n in ("logreg", "mlp")
     ]
@@ -126,6 +141,43 @@ def demo(
         }
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+def _demo_parties(what: str, data: datasets.Dataset, *, parties: int, dealer: bool, task: str, split: str,
+                  limit: int, seed: int, json_out: Path | None) -> None:
+    from secure_infer import _cli_parties
+
+    if task not in ("infer", "train") or split not in ("rows", "features"):
+        raise typer.BadParameter("--task must be infer or train, --split rows or features")
+    image = len(data.input_shape) == 3
+    if what == "mpc":
+        if parties < 2:
+            raise typer.BadParameter("demo mpc needs --parties 2 or more")
+        z = None
+        if task == "infer":
+            with _progress() as progress:
+                z = _train_with_bar(progress, "lenet" if image else "mlp", data, seed)
+        result = _cli_parties.demo_mpc(console, z, data, parties=parties, dealer=dealer, task=task, split=split,
+                                       limit=limit, seed=seed)
+    else:
+        import threading
+
+        from protocols.he import HEServer
+
+        with _progress() as progress:
+            z = _train_with_bar(progress, "cryptonets" if image else "mlp", data, seed)
+        server = HEServer.from_model(z.model, data.x_train[:1], calibration=data.x_train, name=z.name)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        host, port = server.address
+        try:
+            n = min(limit or 10, len(data.x_test))
+            result = _cli_parties.query(console, f"{host}:{port}", f"{data.label}:0-{n}", timeout=300, seed=seed)
+        finally:
+            server.close()
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2, default=str))
         console.print(f"wrote {json_out}")
 
 
@@ -233,6 +285,76 @@ def zoo_train(
         z = _train_with_bar(progress, name, data, seed)
     zoo.save_model(z, out)
     console.print(f"{z.name}: test accuracy {z.test_accuracy:.4f} on {z.dataset}; saved to {out}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="a zoo model name (trained now) or a file from `zoo train`")],
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one)")] = 8750,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    mode: Annotated[str, typer.Option(help="latency (one input per ciphertext) or batch (one per slot)")] = "latency",
+    dataset: Annotated[str | None, typer.Option(help="calibration data (default: the model file's, else digits)")] = None,
+    max_frame_mb: Annotated[int, typer.Option(help="largest frame accepted, MiB")] = 256,
+    idle_timeout: Annotated[float, typer.Option(help="seconds a client may stay silent")] = 60.0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Serve a model for HE inference: clients send only public keys and ciphertexts."""
+    from secure_infer import _cli_parties
+
+    def train(name: str, data: datasets.Dataset) -> zoo.ZooModel:
+        with _progress() as progress:
+            return _train_with_bar(progress, name, data, seed)
+
+    z, data = _cli_parties.model_from_arg(model, dataset, seed, train)
+    _cli_parties.serve(console, z, data, host=host, port=port, mode=mode, max_frame_mb=max_frame_mb,
+                       idle_timeout=idle_timeout)
+
+
+@app.command()
+def query(
+    address: Annotated[str, typer.Argument(help="the server, HOST:PORT")],
+    inputs: Annotated[str, typer.Argument(metavar="INPUT", help="a .npy file, or DATASET:INDEX / DATASET:START-END (test split)")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the server")] = 300.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary here")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the data-set split")] = 0,
+) -> None:
+    """Encrypt INPUT here, have the server evaluate it, decrypt the answer here."""
+    from secure_infer import _cli_parties
+
+    summary = _cli_parties.query(console, address, inputs, timeout=timeout, seed=seed)
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2))
+
+
+@app.command()
+def party(
+    rank: Annotated[int, typer.Option(help="this party's rank; the dealer is rank = world size")],
+    world_size: Annotated[int, typer.Option(help="computing parties (the dealer not counted)")],
+    master: Annotated[str, typer.Option(help="HOST:PORT of rank 0's rendezvous")],
+    role: Annotated[str, typer.Option(help="model-owner, data-owner, helper or dealer")],
+    task: Annotated[str, typer.Option(help="infer or train")] = "infer",
+    model: Annotated[Path | None, typer.Option(help="model owner: a file from `zoo train`")] = None,
+    inputs: Annotated[str | None, typer.Option("--input", help="data owner: .npy or DATASET:START-END")] = None,
+    output: Annotated[Path | None, typer.Option(help="data owner: logits .npy; train: the weights' owner's model file")] = None,
+    data: Annotated[Path | None, typer.Option(help="train: this party's .npz part (x and/or y)")] = None,
+    dealer: Annotated[bool, typer.Option(help="a dealer process takes part (every party must say so)")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds any step may wait for a peer")] = 120.0,
+    hidden: Annotated[int, typer.Option(help="train: hidden units")] = 16,
+    epochs: Annotated[int, typer.Option(help="train: epochs")] = 5,
+    lr: Annotated[float, typer.Option(help="train: SGD learning rate")] = 0.1,
+    batch_size: Annotated[int, typer.Option(help="train: mini-batch size")] = 32,
+    seed: Annotated[int, typer.Option(help="train: public seed of the initialisation and batch order")] = 0,
+    weights_to: Annotated[int, typer.Option(help="train: the rank that receives the weights")] = 0,
+    summary: Annotated[Path | None, typer.Option(help="write this party's outcome as JSON")] = None,
+) -> None:
+    """Run one MPC party; start one per rank, on this host or others (torch.distributed rendezvous)."""
+    from protocols.mpc import PartyConfig
+    from secure_infer import _cli_parties
+
+    config = PartyConfig(rank=rank, world_size=world_size, master=master, role=role, task=task, model=model,
+                         input=inputs, output=output, data=data, dealer=dealer, timeout=timeout, hidden=hidden,
+                         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weights_to=weights_to)
+    _cli_parties.party(console, config, summary)
 
 
 @app.command()
@@ -350,7 +472,7 @@ def main() -> None:
     try:
         app()
     except SecureInferError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
 
 

@@ -233,3 +233,38 @@ def load(name: str, **kwargs: object) -> Dataset:
             f"unknown dataset {name!r}; choose one of {', '.join(available())}"
         ) from None
     return loader(**kwargs)
+
+
+def load_inputs(spec: str, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inputs named on a command line: a ``.npy`` file, or ``DATASET:INDEX`` / ``DATASET:START-END``.
+
+    Data-set indices address the held-out test split (as seeded by ``seed``);
+    labels come back with them, and ``None`` for a file. A ``.npy`` file holds
+    one input or a batch (``allow_pickle`` is off).
+    """
+    name, sep, where = spec.partition(":")
+    if sep and name in _LOADERS:
+        data = load(name, seed=seed)
+        try:
+            if "-" in where:
+                start, end = (int(v) for v in where.split("-", 1))
+            else:
+                start = int(where)
+                end = start + 1
+        except ValueError:
+            raise ParameterError(f"input {spec!r}: expected {name}:INDEX or {name}:START-END (test split)") from None
+        if not 0 <= start < end <= len(data.x_test):
+            raise ParameterError(f"input {spec!r}: the {name} test split has indices 0..{len(data.x_test) - 1}")
+        return data.x_test[start:end], data.y_test[start:end]
+    path = Path(spec)
+    if not path.is_file():
+        raise DatasetError(f"input {spec!r} is neither a file nor DATASET:INDEX (data sets: {', '.join(available())})")
+    if path.suffix != ".npy":
+        raise ParameterError(f"input file {path} must be a .npy array (one input or a batch)")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ParameterError(f"input file {path} is not a plain numeric .npy array: {exc}") from None
+    if not np.issubdtype(array.dtype, np.number):
+        raise ParameterError(f"input file {path} holds {array.dtype} values; save float values")
+    return torch.from_numpy(np.ascontiguousarray(array)).float(), None

@@ -97,9 +97,15 @@ class PartySettings:
     dealer: bool
     threads: int
     precision_bits: int
+    collective_timeout_s: float | None = None
 
 
-def _configure(settings: PartySettings) -> Any:
+def configure_crypten(settings: PartySettings) -> Any:
+    """Set CrypTen's environment for one party (rendezvous, rank, provider) and return the module.
+
+    ``collective_timeout_s`` bounds every torch.distributed collective: a party
+    whose peer died fails within it instead of gloo's 30-minute default.
+    """
     os.environ.update(
         {
             "RENDEZVOUS": f"tcp://{settings.master_addr}:{settings.master_port}",
@@ -114,6 +120,14 @@ def _configure(settings: PartySettings) -> Any:
     from secure_infer._crypten_compat import load_crypten
 
     crypten = load_crypten()
+    if settings.collective_timeout_s is not None:
+        import datetime
+
+        import torch.distributed.distributed_c10d as c10d
+
+        # crypten.init() calls init_process_group/new_group without a timeout:
+        # they read this module default at call time
+        c10d.default_pg_timeout = datetime.timedelta(seconds=settings.collective_timeout_s)
     crypten.cfg.communicator.verbose = True  # counts bytes and rounds
     crypten.cfg.encoder.precision_bits = settings.precision_bits
     crypten.cfg.mpc.provider = "TTP" if settings.dealer else "TFP"
@@ -123,7 +137,7 @@ def _configure(settings: PartySettings) -> Any:
 def dealer_main(settings: PartySettings, conn: Connection) -> None:
     """The trusted dealer: generates Beaver triples, sees no input or weight."""
     try:
-        crypten = _configure(settings)
+        crypten = configure_crypten(settings)
         _send(conn, ("ready", settings.rank, {}))
         crypten.mpc.provider.TTPServer()  # returns when rank 0 sends "terminate"
     except Exception:
@@ -151,7 +165,7 @@ def party_main(settings: PartySettings, graph: Graph | NativeSpec | PartyJob, co
     from secure_infer.backends.crypten._program import DATA_OWNER, NativeProgram, PartyProgram
 
     try:
-        crypten = _configure(settings)
+        crypten = configure_crypten(settings)
         started = time.perf_counter()
         crypten.init()
         comm = crypten.communicator.get()

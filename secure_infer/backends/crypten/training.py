@@ -31,12 +31,13 @@ from secure_infer.backends.crypten._pool import PartyJob, PartyPool
 from secure_infer.datasets import Dataset
 from secure_infer.zoo import accuracy
 
-__all__ = ["TrainingResult", "plaintext_sgd", "train_mlp"]
+__all__ = ["TrainingResult", "mlp", "plaintext_sgd", "train_mlp", "train_on_shares"]
 
 SPLITS = ("labels", "features", "rows")
 
 
-def _mlp(in_features: int, hidden: int, classes: int, seed: int) -> nn.Sequential:
+def mlp(in_features: int, hidden: int, classes: int, seed: int) -> nn.Sequential:
+    """The trained architecture, initialised from the public ``seed``."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
@@ -83,38 +84,53 @@ class _TrainJob(PartyJob):
             x = crypten.cat([shares["x0"], shares["x1"]], dim=0)
             y = crypten.cat([shares["y0"], shares["y1"]], dim=0)
 
-        plain = _mlp(self.in_features, self.hidden, self.classes, self.seed)
-        model = crypten.nn.Sequential(
-            crypten.nn.Linear(self.in_features, self.hidden), crypten.nn.ReLU(),
-            crypten.nn.Linear(self.hidden, self.classes),
+        return train_on_shares(
+            crypten, x, y, rank=rank, hidden=self.hidden, classes=self.classes, epochs=self.epochs, lr=self.lr,
+            batch_size=self.batch_size, seed=self.seed, weights_to=self.weights_to,
         )
-        with torch.no_grad():
-            for (_, p_c), (_, p_t) in zip(model.named_parameters(), plain.named_parameters(), strict=True):
-                p_c.copy_(p_t)  # the seeded initialisation is public
-        model.encrypt(src=0)
-        model.train()
-        loss_fn = crypten.nn.CrossEntropyLoss()
-        n = x.size(0)
-        schedule = _batches(n, self.epochs, self.batch_size, self.seed)
-        per_epoch = len(schedule) // self.epochs
-        epoch_losses = []  # shares of each epoch's summed loss: opened only at the end
-        running = None
-        for step, idx in enumerate(schedule, start=1):
-            out = model(x[idx])
-            loss = loss_fn(out, y[idx])
-            model.zero_grad()
-            loss.backward()
-            model.update_parameters(self.lr)
-            running = loss.detach() if running is None else running + loss.detach()
-            if step % per_epoch == 0:
-                epoch_losses.append(running / per_epoch)
-                running = None
-        # only the entitled party sees anything: the final weights and the loss curve
-        state = {name: p.get_plain_text(dst=self.weights_to) for name, p in model.named_parameters()}
-        curve = [v.get_plain_text(dst=self.weights_to) for v in epoch_losses]
-        if rank != self.weights_to:
-            return None
-        return {"state_dict": state, "loss_curve": [float(v) for v in curve]}
+
+
+def train_on_shares(crypten: Any, x: Any, y: Any, *, rank: int, hidden: int, classes: int, epochs: int,
+                    lr: float, batch_size: int, seed: int, weights_to: int) -> dict[str, Any] | None:
+    """SGD on secret-shared features ``x`` and one-hot labels ``y``, inside a party (after ``crypten.init``).
+
+    Every party calls this with its shares; only ``weights_to`` gets a result:
+    the trained weights and the per-epoch loss curve, opened once at the end.
+    The initialisation and mini-batch order come from the public ``seed``.
+    """
+    in_features = x.size(1)
+    plain = mlp(in_features, hidden, classes, seed)
+    model = crypten.nn.Sequential(
+        crypten.nn.Linear(in_features, hidden), crypten.nn.ReLU(),
+        crypten.nn.Linear(hidden, classes),
+    )
+    with torch.no_grad():
+        for (_, p_c), (_, p_t) in zip(model.named_parameters(), plain.named_parameters(), strict=True):
+            p_c.copy_(p_t)  # the seeded initialisation is public
+    model.encrypt(src=0)
+    model.train()
+    loss_fn = crypten.nn.CrossEntropyLoss()
+    n = x.size(0)
+    schedule = _batches(n, epochs, batch_size, seed)
+    per_epoch = len(schedule) // epochs
+    epoch_losses = []  # shares of each epoch's summed loss: opened only at the end
+    running = None
+    for step, idx in enumerate(schedule, start=1):
+        out = model(x[idx])
+        loss = loss_fn(out, y[idx])
+        model.zero_grad()
+        loss.backward()
+        model.update_parameters(lr)
+        running = loss.detach() if running is None else running + loss.detach()
+        if step % per_epoch == 0:
+            epoch_losses.append(running / per_epoch)
+            running = None
+    # only the entitled party sees anything: the final weights and the loss curve
+    state = {name: p.get_plain_text(dst=weights_to) for name, p in model.named_parameters()}
+    curve = [v.get_plain_text(dst=weights_to) for v in epoch_losses]
+    if rank != weights_to:
+        return None
+    return {"state_dict": state, "loss_curve": [float(v) for v in curve]}
 
 
 @dataclass(frozen=True)
@@ -148,7 +164,7 @@ def _flat(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def plaintext_sgd(data: Dataset, *, hidden: int, epochs: int, lr: float, batch_size: int, seed: int) -> nn.Module:
     """The same training in plaintext: same initialisation, schedule and SGD steps."""
     x, y, _ = _flat(data)
-    model = _mlp(x.shape[1], hidden, data.num_classes, seed)
+    model = mlp(x.shape[1], hidden, data.num_classes, seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     for idx in _batches(len(x), epochs, batch_size, seed):
@@ -216,7 +232,7 @@ def train_mlp(
         pool.close()
     seconds = time.perf_counter() - started
     owned = results[weights_to]["result"]
-    model = _mlp(d, hidden, data.num_classes, seed)
+    model = mlp(d, hidden, data.num_classes, seed)
     model.load_state_dict(owned["state_dict"])
     model.eval()
     reference = plaintext_sgd(data, hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
