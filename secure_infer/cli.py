@@ -399,6 +399,7 @@ def bench(
     models: Annotated[str, typer.Option(help="comma-separated zoo models (default: the preset's)")] = "",
     preset: Annotated[str, typer.Option(help="quick, full or gpu (the cells the GPU script runs)")] = "",
     seed: Annotated[int, typer.Option()] = 0,
+    attacks: Annotated[bool, typer.Option("--attacks", help="also run the attack suite (quick) and add its section")] = False,
 ) -> None:
     """Measure encryption overhead against plaintext, side by side, in one run."""
     from secure_infer import bench as runner
@@ -420,6 +421,51 @@ def bench(
         )
         progress.update(task, completed=total)
     for path in runner.write_report(report, out):
+        console.print(f"wrote {path}")
+    if attacks:
+        from secure_infer.attacks import suite
+
+        result = _run_attack_suite(suite.QUICK)
+        for path in suite.write_report(result, out / "attacks"):
+            console.print(f"wrote {path}")
+        section = suite.markdown(result).replace("## Attack resistance", "## Attack resistance (attacks/report.md)")
+        with open(out / "report.md", "a") as fh:
+            fh.write("\n" + section + "\n![ROC](attacks/mia_roc.png)\n![extraction](attacks/extraction.png)\n"
+                     "![inversion](attacks/inversion.png)\n")
+
+
+def _run_attack_suite(config: object) -> object:
+    from secure_infer.attacks import suite
+
+    assert isinstance(config, suite.SuiteConfig)
+    total = 4 + 3 * 3 + 4 * len(config.backends) + 4 * len(config.dp_epsilons)
+    with _progress() as progress:
+        task = progress.add_task("attacks", total=total)
+        result = suite.run_suite(config, on_step=lambda msg: progress.update(task, advance=1, description=msg[:60]))
+        progress.update(task, completed=total, description="attacks done")
+    return result
+
+
+@app.command()
+def attack(
+    out: Annotated[Path, typer.Option(help="folder for report.md, report.json and the plots")] = Path("attack-report"),
+    full: Annotated[bool, typer.Option("--full", help="8 shadow models, 5 budgets, two DP epsilons (default: quick)")] = False,
+    backends: Annotated[str, typer.Option(help="encrypted serving rows: crypten, tenseal, both, or none")] = "crypten,tenseal",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Run membership inference, extraction, inversion and input-privacy attacks against each way of serving."""
+    import dataclasses
+
+    from secure_infer.attacks import suite
+
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip() and b.strip() != "none")
+    unknown = set(chosen) - {"crypten", "tenseal"}
+    if unknown:
+        raise typer.BadParameter(f"--backends: unknown {sorted(unknown)}; use crypten, tenseal or none")
+    config = dataclasses.replace(suite.FULL if full else suite.QUICK, backends=chosen, seed=seed)
+    result = _run_attack_suite(config)
+    console.print(suite.markdown(result))
+    for path in suite.write_report(result, out):
         console.print(f"wrote {path}")
 
 

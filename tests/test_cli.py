@@ -14,13 +14,13 @@ runner = CliRunner()
 def test_help_lists_subcommands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for sub in ("demo", "zoo", "baseline", "bench", "datasets", "env", "serve", "query", "party"):
+    for sub in ("demo", "zoo", "baseline", "bench", "datasets", "env", "serve", "query", "party", "attack"):
         assert sub in result.output
 
 
 def test_each_subcommand_has_help() -> None:
     for sub in (["demo"], ["zoo", "list"], ["zoo", "train"], ["baseline"], ["bench"], ["datasets"], ["env"],
-                ["serve"], ["query"], ["party"]):
+                ["serve"], ["query"], ["party"], ["attack"]):
         result = runner.invoke(app, [*sub, "--help"])
         assert result.exit_code == 0, (sub, result.output)
 
@@ -118,3 +118,8 @@ def test_demo_he_and_mpc(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "mpc", "--parties", "3", "--limit", "4", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["agreement"] == 1.0
+
+
+def test_attack_refuses_an_unknown_backend() -> None:
+    result = runner.invoke(app, ["attack", "--backends", "paillier"])
+    assert result.exit_code == 2 and "unknown" in result.output

@@ -1,0 +1,49 @@
+"""The whole suite on a tiny configuration: every row, every column, the report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from secure_infer.attacks import suite
+
+TINY = suite.SuiteConfig(members=50, non_members=60, epochs=200, shadows=2, budgets=(20, 60), inversion_steps=3,
+                         dp_epsilons=(8.0,), backends=("crypten", "tenseal"), privacy_inputs=150)
+
+
+@pytest.fixture(scope="module")
+def report():
+    return suite.run_suite(TINY)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)
+def test_every_serving_configuration_is_attacked(report) -> None:
+    names = [r.name for r in report.rows]
+    assert names[:3] == ["plaintext, full confidences", "plaintext, top-1 label only",
+                         "plaintext, confidences rounded to 0.1"]
+    assert any(n.startswith("CrypTen") for n in names) and any(n.startswith("TenSEAL") for n in names)
+    assert any(n.startswith("DP-SGD") for n in names)
+    plain = report.rows[0]
+    crypten = next(r for r in report.rows if r.name.startswith("CrypTen"))
+    tenseal = next(r for r in report.rows if r.name.startswith("TenSEAL"))
+    # encryption protects the input ...
+    assert plain.input_privacy.accuracy > 0.7
+    for row in (crypten, tenseal):
+        assert row.input_privacy.accuracy < row.input_privacy.chance + 0.15
+    # ... not the outputs: the output attacks find the same through CrypTen as in plaintext
+    assert abs(crypten.membership["loss"].auc - plain.membership["loss"].auc) < 0.03
+    assert abs(crypten.extraction[-1].agreement - plain.extraction[-1].agreement) < 0.1
+    assert report.dp[0]["epsilon"] <= 8.0 + 1e-6
+
+
+@pytest.mark.multiprocess
+def test_report_files(report, tmp_path: Path) -> None:
+    paths = suite.write_report(report, tmp_path)
+    assert {p.name for p in paths} == {"report.md", "report.json", "mia_roc.png", "extraction.png", "inversion.png"}
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert len(data["rows"]) == len(report.rows) and data["environment"]["opacus"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| plaintext, full confidences |" in md and "input-privacy attack acc" in md
