@@ -236,11 +236,12 @@ def load(name: str, **kwargs: object) -> Dataset:
 
 
 def load_inputs(spec: str, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Inputs named on a command line: a ``.npy`` file, or ``DATASET:INDEX`` / ``DATASET:START-END``.
+    """Inputs named on a command line: a ``.npy`` or ``.png`` file, or ``DATASET:INDEX`` / ``DATASET:START-END``.
 
     Data-set indices address the held-out test split (as seeded by ``seed``);
     labels come back with them, and ``None`` for a file. A ``.npy`` file holds
-    one input or a batch (``allow_pickle`` is off).
+    one input or a batch (``allow_pickle`` is off); a PNG is one grayscale
+    image (colour is averaged) with values in [0, 1], shaped ``(1, H, W)``.
     """
     name, sep, where = spec.partition(":")
     if sep and name in _LOADERS:
@@ -258,9 +259,20 @@ def load_inputs(spec: str, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
         return data.x_test[start:end], data.y_test[start:end]
     path = Path(spec)
     if not path.is_file():
-        raise DatasetError(f"input {spec!r} is neither a file nor DATASET:INDEX (data sets: {', '.join(available())})")
+        raise DatasetError(f"input {spec!r} is neither a file nor DATASET:INDEX or DATASET:START-END "
+                           f"(data sets: {', '.join(available())})")
+    if path.suffix.lower() == ".png":
+        from matplotlib.image import imread
+
+        try:
+            image = np.asarray(imread(path), dtype=np.float32)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ParameterError(f"input image {path} cannot be read as PNG: {exc}") from None
+        if image.ndim == 3:
+            image = image[..., :3].mean(axis=2)
+        return torch.from_numpy(image)[None], None
     if path.suffix != ".npy":
-        raise ParameterError(f"input file {path} must be a .npy array (one input or a batch)")
+        raise ParameterError(f"input file {path} must be a .npy array (one input or a batch) or a .png image")
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:

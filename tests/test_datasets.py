@@ -101,3 +101,23 @@ def test_mnist_truncated_file_is_rejected(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_choices() -> None:
     with pytest.raises(ParameterError, match="digits"):
         datasets.load("cifar")
+
+
+def test_load_inputs_from_specs_and_files(tmp_path) -> None:
+    import matplotlib.image
+
+    from secure_infer.datasets import load_digits, load_inputs
+
+    x, y = load_inputs("digits:3-7")
+    data = load_digits()
+    assert torch.equal(x, data.x_test[3:7]) and torch.equal(y, data.y_test[3:7])
+    np.save(tmp_path / "one.npy", data.x_test[0].numpy())
+    x, y = load_inputs(str(tmp_path / "one.npy"))
+    assert x.shape == (1, 8, 8) and y is None
+    matplotlib.image.imsave(tmp_path / "digit.png", data.x_test[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+    x, _ = load_inputs(str(tmp_path / "digit.png"))
+    assert x.shape == (1, 8, 8) and float((x[0] - data.x_test[0, 0]).abs().max()) < 0.01
+    for bad, message in (("digits:5-2", "test split has indices"), ("digits:x", "digits:START-END"),
+                         (str(tmp_path / "none.npy"), "neither a file")):
+        with pytest.raises((ParameterError, DatasetError), match=message):
+            load_inputs(bad)
