@@ -108,7 +108,7 @@ def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 18
                         result.first_failure_s = now
             if result.first_failure_s is not None and now - result.first_failure_s > grace:
                 for rank, proc in procs.items():
-                    if proc.poll() is None:
+                    if proc.poll() is None and rank not in result.killed_by_launcher:
                         proc.kill()
                         result.killed_by_launcher.append(rank)
             time.sleep(0.02)
