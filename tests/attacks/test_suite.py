@@ -9,7 +9,7 @@ import pytest
 
 from secure_infer.attacks import suite
 
-TINY = suite.SuiteConfig(members=50, non_members=60, epochs=200, shadows=2, budgets=(20, 60), inversion_steps=3,
+TINY = suite.SuiteConfig(members=50, non_members=60, epochs=200, shadows=2, budgets=(20, 60), inversion_steps=15,
                          dp_epsilons=(8.0,), backends=("crypten", "tenseal"), privacy_inputs=150)
 
 
