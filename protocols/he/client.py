@@ -148,7 +148,8 @@ class HEClient:
         """Encrypt ``x`` (one input or a batch), have the server evaluate it, decrypt the outputs."""
         from secure_infer.backends.tenseal._seal import from_bytes, to_bytes
 
-        assert self._conn is not None
+        if self._conn is None:
+            raise ProtocolError("the client is closed; create a new HEClient", code="closed")
         flat = self.cipher.check_input(x)
         enc_s = rtt_s = comp_s = dec_s = 0.0
         up = down = requests = 0
