@@ -37,6 +37,13 @@ class InputPrivacyResult:
     reconstruction_r2: float  # R^2 of reconstructing the input from the view (0 = no better than the mean)
     features: int
     examples: int
+    held_out: int  # inputs the accuracy was measured on
+
+    @property
+    def z_above_chance(self) -> float:
+        """Standard errors by which the accuracy exceeds chance (binomial); about 0 for a useless view."""
+        spread = (self.chance * (1 - self.chance) / max(self.held_out, 1)) ** 0.5
+        return (self.accuracy - self.chance) / max(spread, 1e-12)
 
 
 def plaintext_view(x: torch.Tensor) -> np.ndarray:
@@ -111,4 +118,4 @@ def attack_view(view: str, features: np.ndarray, labels: np.ndarray, inputs: np.
     residual = ((ridge.predict(f_te) - x_te) ** 2).sum()
     total = ((x_te - x_tr.mean(axis=0)) ** 2).sum()
     return InputPrivacyResult(view, accuracy, chance, best, float(1 - residual / total), features.shape[1],
-                              len(labels))
+                              len(labels), len(y_te))

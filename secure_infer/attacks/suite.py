@@ -219,7 +219,7 @@ def markdown(report: AttackReport) -> str:
         "",
         f"| serving | test acc | MIA AUC loss / shadow / LiRA | TPR@1% FPR (best attack) | TPR@0.1% FPR (best attack) | "
         f"extraction agreement @ {budgets} queries | inversion SSIM (MSE), classes identified | what the server sees | "
-        "input-privacy attack acc (chance) |",
+        "input-privacy attack acc (chance; z) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report.rows:
@@ -229,7 +229,7 @@ def markdown(report: AttackReport) -> str:
             f"{max(r.tpr_at_1pct_fpr for r in mia.values()):.3f} | {max(r.tpr_at_01pct_fpr for r in mia.values()):.3f} | "
             f"{_fmt_extraction(row.extraction)} | {row.inversion.mean_ssim:.3f} ({row.inversion.mean_mse:.4f}), "
             f"{row.inversion.identified:.1f} | {row.input_privacy.view} | "
-            f"{row.input_privacy.accuracy:.3f} ({row.input_privacy.chance:.3f}) |"
+            f"{row.input_privacy.accuracy:.3f} ({row.input_privacy.chance:.3f}; {row.input_privacy.z_above_chance:+.1f}) |"
         )
     first = report.rows[0].inversion
     lines += [
@@ -242,7 +242,9 @@ def markdown(report: AttackReport) -> str:
         f"- Low-FPR resolution: with {cfg.non_members} non-members the smallest non-zero FPR is "
         f"{1 / cfg.non_members:.4f}, so TPR@0.1% FPR is the TPR at zero false positives.",
         "- Input privacy: held-out accuracy of the best of logistic regression / random forest / k-NN trained on "
-        "what the server observed, predicting the client's label; chance is the majority-class rate. "
+        "what the server observed, predicting the client's label; chance is the majority-class rate; z is how "
+        f"many binomial standard errors the accuracy lies above chance on the {report.rows[0].input_privacy.held_out} "
+        "held-out inputs (|z| below about 3 is no detectable signal). "
         "Reconstruction R^2 of the input from the view: "
         + ", ".join(f"{r.input_privacy.view} {r.input_privacy.reconstruction_r2:.2f}"
                     for r in _unique_views(report.rows)) + ".",

@@ -21,17 +21,17 @@ def clients(digits):
 def test_plaintext_view_reveals_the_label(clients) -> None:
     x, y, inputs = clients
     result = attack_view("plaintext", plaintext_view(x), y, inputs)
-    assert result.accuracy > 0.8 and result.reconstruction_r2 > 0.95
+    assert result.accuracy > 0.8 and result.z_above_chance > 10 and result.reconstruction_r2 > 0.95
 
 
 def test_ciphertexts_are_at_chance(clients, trained_zoo, digits) -> None:
     x, y, inputs = clients
     result = attack_view("ciphertext", ciphertext_view(trained_zoo["logreg"].model, x, digits.x_train[:1]), y, inputs)
-    assert result.accuracy < result.chance + 0.1 and result.reconstruction_r2 < 0.1
+    assert result.z_above_chance < 4 and result.reconstruction_r2 < 0.1  # 4 standard errors: not a flaky bound
 
 
 @pytest.mark.multiprocess
 def test_mpc_shares_are_at_chance(clients) -> None:
     x, y, inputs = clients
-    result = attack_view("shares", share_view(x), y, inputs)
-    assert result.accuracy < result.chance + 0.1 and result.reconstruction_r2 < 0.1
+    result = attack_view("shares", share_view(x), y, inputs)  # fresh random shares on every run
+    assert result.z_above_chance < 4 and result.reconstruction_r2 < 0.1
