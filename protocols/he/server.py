@@ -225,13 +225,13 @@ class HEServer:
         if kind is MessageType.RESUME:
             sid = frame.meta.get("session")
             with self._lock:
-                session = self._sessions.get(sid) if isinstance(sid, str) else None
-                if session is not None:
-                    self._sessions.move_to_end(sid)
-            if session is None:
+                resumed = self._sessions.get(sid) if isinstance(sid, str) else None
+                if resumed is not None:
+                    self._sessions.move_to_end(resumed.session_id)
+            if resumed is None:
                 raise ProtocolError("unknown or expired session: upload the keys again (KEYS)", code="unknown-session")
-            state["session"] = session
-            return Frame(MessageType.SESSION, {"session": session.session_id, "key_bytes": session.key_bytes})
+            state["session"] = resumed
+            return Frame(MessageType.SESSION, {"session": resumed.session_id, "key_bytes": resumed.key_bytes})
         if kind is MessageType.QUERY:
             if state["session"] is None:
                 raise ProtocolError("no keys yet: send KEYS (or RESUME a session) before QUERY", code="no-session")

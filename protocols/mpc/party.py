@@ -185,7 +185,7 @@ def _infer(config: PartyConfig, crypten: Any, group: Any) -> dict[str, Any]:
     from secure_infer.graph import trace
 
     rank = config.rank
-    owned = zoo.load_model(config.model) if rank == MODEL_OWNER else None
+    owned = zoo.load_model(Path(str(config.model))) if rank == MODEL_OWNER else None  # validated: a file
     arch = broadcast_json(
         {"name": owned.name, "input_shape": list(owned.input_shape), "num_classes": owned.num_classes}
         if owned else None, src=MODEL_OWNER, rank=rank, group=group)
