@@ -38,7 +38,8 @@ type  name      direction  metadata (besides ``blobs``) and blobs
                            layout: mode, input_shape, output_size, input_range,
                            output_bound, poly_modulus_degree,
                            coeff_mod_bit_sizes, scale_bits, period,
-                           rotation_steps (the Galois keys the server needs)
+                           rotation_steps (the Galois keys the server needs),
+                           chunks (latency: ciphertexts per input, usually 1)
 3     KEYS      c -> s     ``{"format": "seal", "names": [...]}`` with blobs
                            named ``public_key``, ``relin_keys`` and (latency
                            mode) ``galois_keys``, each SEAL-serialized; or
@@ -47,9 +48,9 @@ type  name      direction  metadata (besides ``blobs``) and blobs
 4     SESSION   s -> c     ``{"session": hex str, "key_bytes": int}``
 5     RESUME    c -> s     ``{"session": hex str}``: reuse keys uploaded on an
                            earlier connection; answered by SESSION or ERROR
-6     QUERY     c -> s     ``{"id": int}``; blobs: SEAL ciphertexts, one per
-                           input (latency) or one per input value (batch, one
-                           input per slot)
+6     QUERY     c -> s     ``{"id": int}``; blobs: SEAL ciphertexts for one
+                           input, ``chunks`` of them (latency), or one per
+                           input value (batch, one input per slot)
 7     RESULT    s -> c     ``{"id": int, "compute_s": float}``; blobs: output
                            ciphertexts (1 in latency mode, one per output
                            value in batch mode)

@@ -319,7 +319,7 @@ class HEServer:
         request_id = frame.meta.get("id", 0)
         if not isinstance(request_id, int) or isinstance(request_id, bool):
             raise ProtocolError("QUERY meta.id must be an integer", code="bad-query")
-        expected = 1 if program.mode == "latency" else program.compiled.input_size
+        expected = program.published.chunks if program.mode == "latency" else program.compiled.input_size
         if len(frame.blobs) != expected:
             raise ProtocolError(f"QUERY carries {len(frame.blobs)} ciphertexts; a {program.mode}-mode request takes "
                                 f"{expected}", code="bad-query")

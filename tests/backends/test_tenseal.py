@@ -171,3 +171,28 @@ def test_overflow_is_detected_before_garbage() -> None:
     enc = si.wrap(model, "tenseal", sample_input=x)
     y = enc(torch.full((1, 4), 1.0), compare=True)
     assert enc.last_run.max_abs_error < 1e-1 * abs(float(y))
+
+
+def test_input_wider_than_any_ring_is_split_across_ciphertexts() -> None:
+    """20,000 inputs exceed the 16,384 slots of the largest ring: latency mode splits them, not refuses."""
+    torch.manual_seed(0)
+    model = nn.Linear(20000, 2).eval()
+    x = torch.rand(2, 20000)
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    layout = enc.program.published
+    assert layout.chunks == 10 and layout.period == layout.slots == 2048  # N=4096, chosen by depth alone
+    assert Layout.from_json(layout.to_json()) == layout
+    with torch.no_grad():
+        assert float((enc(x) - model(x)).abs().max()) < 1e-3
+    assert enc.last_run.extra["ciphertexts_in"] == 2 * 10
+
+
+def test_a_wide_first_layer_no_longer_forces_a_larger_ring() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6000, 8), zoo.Square(), nn.Linear(8, 3)).eval()
+    x = torch.rand(3, 6000) * 0.1
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    # depth 3 needs N=8192 (4096 slots); the 6000-wide input takes 2 ciphertexts instead of N=16384
+    assert enc.program.params.poly_modulus_degree == 8192 and enc.program.published.chunks == 2
+    with torch.no_grad():
+        assert float((enc(x) - model(x)).abs().max()) < 1e-2

@@ -227,3 +227,15 @@ def test_fuzzed_frames_never_crash_or_hang_the_server(served, digits) -> None:
     assert server.stats.errors["bad-ciphertext"] > 0  # the fuzzing reached SEAL's loader, not just the header
     with HEClient(server.address) as client:
         assert client.predict(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_server_and_client_with_an_input_split_across_ciphertexts() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5000, 3).eval()
+    x = torch.rand(3, 5000)
+    with HEServer.from_model(model, x[:1], calibration=x) as server:
+        assert server.program.published.chunks == 3
+        with HEClient(server.address) as client:
+            y = client.predict(x)
+    with torch.no_grad():
+        assert float((y - model(x)).abs().max()) < 1e-3

@@ -92,6 +92,7 @@ class TensealProgram(Program):
             input_range=self.input_range, output_bound=self.output_bound, params=self.params,
             period=self.plan.input_period if isinstance(self.plan, LatencyPlan) else 0,
             rotation_steps=tuple(s % slots for s in steps if s % slots),
+            chunks=self.plan.chunks if isinstance(self.plan, LatencyPlan) else 1,
         )
         # client side: keys; only public material crosses to the server object
         self.client: LayoutClient | None = LayoutClient(self.published)
@@ -122,9 +123,9 @@ class TensealProgram(Program):
         ciphertext per feature) in batch mode: see :meth:`LayoutClient.requests`.
         """
         if isinstance(self.plan, LatencyPlan):
-            if len(ciphertexts) != 1:
-                raise ParameterError(f"latency mode takes 1 ciphertext per request, got {len(ciphertexts)}")
-            return [self.plan.run(ciphertexts[0], server)]
+            if len(ciphertexts) != self.plan.chunks:
+                raise ParameterError(f"latency mode takes {self.plan.chunks} ciphertext(s) per request, got {len(ciphertexts)}")
+            return [self.plan.run(list(ciphertexts), server)]
         if len(ciphertexts) != self.compiled.input_size:
             raise ParameterError(f"batch mode takes {self.compiled.input_size} ciphertexts (one per input value), "
                                  f"got {len(ciphertexts)}")
@@ -168,7 +169,8 @@ class TensealProgram(Program):
                 "key_bytes": dict(self.key_bytes), "public_key_material_bytes": sum(self.key_bytes.values()),
                 "depth_used": self.compiled.depth, "depth_available": self.params.depth,
                 "slots": self.params.slots,
-                "slots_used": (self.plan.input_period if isinstance(self.plan, LatencyPlan) else min(len(flat), self.params.slots)),
+                "slots_used": (self.plan.input_period * self.plan.chunks if isinstance(self.plan, LatencyPlan)
+                               else min(len(flat), self.params.slots)),
                 "rotation_keys": list(self.published.rotation_steps),
             },
         )

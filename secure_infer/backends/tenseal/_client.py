@@ -38,6 +38,8 @@ class Layout:
         params: the CKKS parameters (128-bit secure; the client re-checks).
         period: latency mode: the padded input length repeated across the slots.
         rotation_steps: latency mode: the Galois keys the server needs.
+        chunks: latency mode: ciphertexts per input (more than 1 when the input is
+            wider than one ciphertext; then ``period`` equals the slot count).
     """
 
     mode: str
@@ -48,6 +50,7 @@ class Layout:
     params: CKKSParameters
     period: int = 0
     rotation_steps: tuple[int, ...] = ()
+    chunks: int = 1
 
     @property
     def input_size(self) -> int:
@@ -63,7 +66,7 @@ class Layout:
             "input_range": list(self.input_range), "output_bound": self.output_bound,
             "poly_modulus_degree": self.params.poly_modulus_degree,
             "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes), "scale_bits": self.params.scale_bits,
-            "period": self.period, "rotation_steps": list(self.rotation_steps),
+            "period": self.period, "rotation_steps": list(self.rotation_steps), "chunks": self.chunks,
         }
 
     @classmethod
@@ -95,12 +98,15 @@ class Layout:
         params.validate()  # a client never encrypts under parameters weaker than 128-bit
         layout = cls(mode=mode, input_shape=ints("input_shape"), output_size=number("output_size", int),
                      input_range=(float(rng[0]), float(rng[1])), output_bound=number("output_bound"),
-                     params=params, period=number("period", int), rotation_steps=ints("rotation_steps"))
+                     params=params, period=number("period", int), rotation_steps=ints("rotation_steps"),
+                     chunks=number("chunks", int) if "chunks" in data else 1)
         if min(layout.input_shape, default=0) < 1 or layout.output_size < 1:
             raise ParameterError("layout: input_shape and output_size must be positive")
-        if mode == "latency" and not (layout.input_size <= layout.period <= layout.slots
-                                      and layout.slots % max(layout.period, 1) == 0):
+        if mode == "latency" and not (layout.input_size <= layout.period * layout.chunks
+                                      and 0 < layout.period <= layout.slots and layout.slots % layout.period == 0):
             raise ParameterError("layout.period: must be a power of two between the input size and the slot count")
+        if layout.chunks < 1 or (layout.chunks > 1 and layout.period != layout.slots):
+            raise ParameterError("layout.chunks: must be >= 1, and several chunks fill whole ciphertexts (period = slots)")
         return layout
 
 
@@ -136,12 +142,13 @@ class LayoutClient:
     def requests(self, flat: np.ndarray) -> Iterator[tuple[int, list[Any]]]:
         """Encrypt ``flat`` rows unit by unit: ``(rows in this unit, ciphertexts)``.
 
-        Latency mode: one ciphertext per input. Batch mode: up to ``slots``
+        Latency mode: one input per request (``chunks`` ciphertexts, usually 1). Batch mode: up to ``slots``
         inputs at once, one ciphertext per input feature.
         """
         if self.layout.mode == "latency":
             for row in flat:
-                yield 1, [self.keys.encrypt(pack_latency(row, self.layout.period, self.layout.slots))]
+                yield 1, [self.keys.encrypt(v) for v in pack_latency(row, self.layout.period, self.layout.slots,
+                                                                     self.layout.chunks)]
         else:
             for start in range(0, len(flat), self.layout.slots):
                 block = flat[start : start + self.layout.slots]

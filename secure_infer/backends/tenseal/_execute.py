@@ -132,29 +132,41 @@ class LatencyPlan:
     def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int) -> None:
         self.compiled = compiled
         self.slots = slots
-        self.input_period = pow2(compiled.input_size)
+        # An input wider than one ciphertext is split into ``chunks`` ciphertexts of
+        # ``slots`` values each; the first affine stage sums one diagonal product per
+        # chunk (its columns split the same way), so every later vector fits in one.
+        self.chunks = 1 if pow2(compiled.input_size) <= slots else -(-compiled.input_size // slots)
+        self.input_period = min(pow2(compiled.input_size), slots)
         self.server = server
-        self.affine: dict[int, _LatencyAffine] = {}
+        self.affine: dict[int, list[_LatencyAffine]] = {}
         self.rotation_steps: set[int] = set()
-        period, level = self.input_period, 0
+        period, level, chunks = self.input_period, 0, self.chunks
         for i, stage in enumerate(compiled.stages):
             if isinstance(stage, AffineStage):
-                self.affine[i] = self._plan_affine(stage, period, level)
-                period = self.affine[i].m_pad
+                blocks = [stage] if chunks == 1 else [
+                    AffineStage(_columns(stage.matrix, c * slots, slots), stage.bias, stage.paths) for c in range(chunks)]
+                self.affine[i] = [self._plan_affine(block, period, level) for block in blocks]
+                period, chunks = self.affine[i][0].m_pad, 1
                 level += 1
             else:
                 from secure_infer.backends.tenseal._compile import stage_depth
 
                 level += stage_depth(stage, i == len(compiled.stages) - 1)
+        if chunks != 1:
+            raise ValueError("an input wider than one ciphertext needs an affine layer to reduce it")
         self.output_period = period
 
     @staticmethod
     def periods_fit(compiled: Compiled) -> int:
-        """The largest padded vector the plan needs (must be <= slots)."""
-        need = pow2(compiled.input_size)
-        for stage in compiled.stages:
-            if isinstance(stage, AffineStage):
-                need = max(need, pow2(stage.out_size), pow2(stage.in_size))
+        """The largest padded vector that must fit in one ciphertext (must be <= slots).
+
+        The input itself is not counted when an affine stage consumes it: a wide
+        input is split across several ciphertexts instead of forcing a larger ring.
+        """
+        affine = [stage for stage in compiled.stages if isinstance(stage, AffineStage)]
+        need = 1 if affine else pow2(compiled.input_size)
+        for n, stage in enumerate(affine):
+            need = max(need, pow2(stage.out_size), pow2(stage.in_size) if n else 1)
         return need
 
     def _plan_affine(self, stage: AffineStage, period_in: int, level: int) -> _LatencyAffine:
@@ -197,37 +209,61 @@ class LatencyPlan:
         level = 0
         for i, stage in enumerate(self.compiled.stages):
             if i in self.affine:
-                plan = self.affine[i]
                 parms = server.parms_id_after(level)
                 scale = server.prime_at(parms)
-                plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
+                for plan in self.affine[i]:
+                    plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
                 level += 1
             else:
                 from secure_infer.backends.tenseal._compile import stage_depth
 
                 level += stage_depth(stage, i == len(self.compiled.stages) - 1)
 
-    def run(self, ct: Any, server: ServerContext | None = None) -> Any:
-        """Evaluate on one packed ciphertext with ``server``'s keys (default: the compile-time context).
+    def run(self, cts: list[Any], server: ServerContext | None = None) -> Any:
+        """Evaluate one input (``chunks`` packed ciphertexts) with ``server``'s keys; one ciphertext out.
 
         The diagonals were encoded once; plaintexts depend only on the CKKS
         parameters, so one encoding serves every client's keys.
         """
+        if len(cts) != self.chunks:
+            raise ValueError(f"expected {self.chunks} ciphertexts per input, got {len(cts)}")
         ops = _Ops(server or self._server())
         last = len(self.compiled.stages) - 1
         for i, stage in enumerate(self.compiled.stages):
             if isinstance(stage, AffineStage):
-                ct = self._run_affine(ops, self.affine[i], ct)
+                cts = [self._run_affine(ops, self.affine[i], cts)]
             else:
-                ct = ops.polynomial(ct, stage, i == last)
-        return ct
+                cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
+        return cts[0]
 
     def _server(self) -> ServerContext:
         if self.server is None:
             raise RuntimeError("the plan has no server context: call encode_weights first")
         return self.server
 
-    def _run_affine(self, ops: _Ops, plan: _LatencyAffine, ct: Any) -> Any:
+    def _run_affine(self, ops: _Ops, plans: list[_LatencyAffine], cts: list[Any]) -> Any:
+        """One affine stage: per input chunk a diagonal product, summed, rescaled once, plus the bias."""
+        result = None
+        for plan, ct in zip(plans, cts, strict=True):
+            if len(plans) > 1 and not any(plan.blocks):
+                continue  # a chunk whose columns are all zero contributes nothing
+            part = self._diagonal_product(ops, plan, ct)
+            if result is None:
+                result = part
+            else:
+                ops.ev.add_inplace(result, part)
+        plan = plans[0]
+        ops.rescale(result)
+        scale = result.scale
+        if scale not in plan.bias_cache:
+            bias = np.zeros(plan.m_pad)
+            bias[: plan.stage.out_size] = plan.stage.bias
+            plan.bias_cache[scale] = ops.server.encode(np.tile(bias, self.slots // plan.m_pad), result.parms_id(), scale)
+        ops.ev.add_plain_inplace(result, plan.bias_cache[scale])
+        return result
+
+    def _diagonal_product(self, ops: _Ops, plan: _LatencyAffine, ct: Any) -> Any:
+        """matrix @ x by the diagonal method with baby-step/giant-step rotations, not yet rescaled."""
         ev, keys = ops.ev, ops.server.public.galois_keys
         babies = {0: ct}
         for b in range(1, plan.giant):
@@ -248,29 +284,34 @@ class LatencyPlan:
             rotated = ops.new()
             ev.rotate_vector(result, step, keys, rotated)
             ev.add_inplace(result, rotated)
-        ops.rescale(result)
-        scale = result.scale
-        if scale not in plan.bias_cache:
-            bias = np.zeros(plan.m_pad)
-            bias[: plan.stage.out_size] = plan.stage.bias
-            plan.bias_cache[scale] = ops.server.encode(np.tile(bias, self.slots // plan.m_pad), result.parms_id(), scale)
-        ev.add_plain_inplace(result, plan.bias_cache[scale])
         return result
 
-    def pack(self, x: np.ndarray) -> np.ndarray:
-        return pack_latency(x, self.input_period, self.slots)
+    def pack(self, x: np.ndarray) -> list[np.ndarray]:
+        return pack_latency(x, self.input_period, self.slots, self.chunks)
 
 
-def pack_latency(x: np.ndarray, period: int, slots: int) -> np.ndarray:
-    """Client side of latency mode: one flat input, zero-padded to ``period`` and repeated across the slots.
+def _columns(matrix: np.ndarray, start: int, width: int) -> np.ndarray:
+    """Columns ``start:start+width`` of ``matrix``, zero-padded to ``width``."""
+    block = np.zeros((matrix.shape[0], width))
+    part = matrix[:, start : start + width]
+    block[:, : part.shape[1]] = part
+    return block
 
-    Needs only the layout the server publishes (period, slots), never the model.
+
+def pack_latency(x: np.ndarray, period: int, slots: int, chunks: int = 1) -> list[np.ndarray]:
+    """Client side of latency mode: one flat input as ``chunks`` slot vectors.
+
+    One chunk: the input zero-padded to ``period`` and repeated across the
+    slots. Several (an input wider than one ciphertext): consecutive runs of
+    ``slots`` values, zero-padded. Needs only the published layout, never the model.
     """
-    if x.size > period or slots % period:
-        raise ValueError(f"an input of {x.size} values does not fit period {period} in {slots} slots")
-    padded = np.zeros(period)
+    if x.size > period * chunks or slots % period or (chunks > 1 and period != slots):
+        raise ValueError(f"an input of {x.size} values does not fit {chunks} x period {period} in {slots} slots")
+    padded = np.zeros(period * chunks)
     padded[: x.size] = x.reshape(-1)
-    return np.tile(padded, slots // period)
+    if chunks > 1:
+        return [padded[c * slots : (c + 1) * slots] for c in range(chunks)]
+    return [np.tile(padded, slots // period)]
 
 
 class BatchPlan:
