@@ -89,3 +89,19 @@ def test_secure_infer_batch(benchmark, reference, wrapped) -> None:
         max_abs_error=float((y - model(x).detach()).abs().max()),
         argmax_agreement=float((y.argmax(1) == model(x).argmax(1)).float().mean()),
     )
+
+
+@pytest.mark.parametrize("width", [3000, 20000])
+def test_secure_infer_wide_input(benchmark, width) -> None:
+    """A linear layer wider than one ciphertext (20,000 > the largest ring's 16,384 slots): split into chunks."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(width, 2).eval()
+    x = torch.rand(2, width)
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    benchmark.group = f"tenseal linear {width}->2 one input"
+    y = benchmark.pedantic(enc, args=(x[:1],), rounds=5, warmup_rounds=1)
+    benchmark.extra_info.update(
+        chunks=enc.program.published.chunks, parameters=enc.program.params.describe(),
+        public_key_material_bytes=enc.last_run.extra["public_key_material_bytes"],
+        max_abs_error=float((y - model(x[:1]).detach()).abs().max()),
+    )
