@@ -10,7 +10,6 @@ session, and then encrypts, queries and decrypts. It packs with the same
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,12 @@ PROTOCOL = 1
 
 @dataclass(frozen=True)
 class QueryStats:
-    """One :meth:`HEClient.predict` call, measured at the client."""
+    """One :meth:`HEClient.predict` call, measured at the client.
+
+    ``round_trip_s`` covers sending, the server's evaluation and receiving,
+    ciphertext (de)serialization included; ``server_compute_s`` is the
+    server's own evaluation time as it reports it.
+    """
 
     inputs: int
     requests: int
@@ -151,38 +155,30 @@ class HEClient:
         if self._conn is None:
             raise ProtocolError("the client is closed; create a new HEClient", code="closed")
         flat = self.cipher.check_input(x)
-        enc_s = rtt_s = comp_s = dec_s = 0.0
-        up = down = requests = 0
-        outputs = []
-        units = self.cipher.requests(flat)
-        context = self.cipher.keys.context
-        while True:
-            t0 = time.perf_counter()
-            unit = next(units, None)
-            if unit is None:
-                break
-            rows, cts = unit
+        conn, context = self._conn, self.cipher.keys.context
+        traffic = {"up": 0, "down": 0, "compute_s": 0.0}
+
+        def remote(cts: list[Any]) -> list[Any]:
+            """One QUERY/RESULT round trip, (de)serialization included."""
             frame = Frame(MessageType.QUERY, {"id": self._next_id}, tuple(to_bytes(c) for c in cts))
-            t1 = time.perf_counter()
-            before_in, before_out = self._conn.bytes_in, self._conn.bytes_out
+            before_in, before_out = conn.bytes_in, conn.bytes_out
             reply = self._exchange(frame, MessageType.RESULT)
             if reply.meta.get("id") != self._next_id:
                 raise ProtocolError("the server answered another request", code="unexpected-message")
-            t2 = time.perf_counter()
+            self._next_id += 1
+            traffic["up"] += conn.bytes_out - before_out
+            traffic["down"] += conn.bytes_in - before_in
+            traffic["compute_s"] += float(reply.meta.get("compute_s", 0.0))
             try:
-                outs = [from_bytes("Ciphertext", context, blob) for blob in reply.blobs]
+                return [from_bytes("Ciphertext", context, blob) for blob in reply.blobs]
             except ValueError as exc:
                 raise ProtocolError(f"the server returned a bad ciphertext: {exc}", code="bad-ciphertext") from None
-            outputs.append(self.cipher.decrypt(outs, rows))
-            t3 = time.perf_counter()
-            self._next_id += 1
-            requests += 1
-            up += self._conn.bytes_out - before_out
-            down += self._conn.bytes_in - before_in
-            enc_s, rtt_s, dec_s = enc_s + t1 - t0, rtt_s + t2 - t1, dec_s + t3 - t2
-            comp_s += float(reply.meta.get("compute_s", 0.0))
-        self.last_query = QueryStats(len(flat), requests, enc_s, rtt_s, comp_s, dec_s, up, down)
-        return torch.from_numpy(np.concatenate(outputs)).float()
+
+        y, totals = self.cipher.run(flat, remote)
+        self.last_query = QueryStats(len(flat), totals.requests, totals.encrypt_s, totals.evaluate_s,
+                                     float(traffic["compute_s"]), totals.decrypt_s, int(traffic["up"]),
+                                     int(traffic["down"]))
+        return torch.from_numpy(y).float()
 
     def describe(self) -> dict[str, Any]:
         return {"server": f"{self.address[0]}:{self.address[1]}", "model": self.model_name,

@@ -45,13 +45,8 @@ class MembershipResult:
 
 
 def _scores(query: Query, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> np.ndarray:
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            logits = query(x[start : start + batch_size]).float()
-            loss = nn.functional.cross_entropy(logits, y[start : start + batch_size], reduction="none")
-            out.append(-loss.numpy())
-    return np.concatenate(out)
+    """Minus the loss of each example under ``query``'s outputs."""
+    return -nn.functional.cross_entropy(_outputs(query, x, batch_size), y, reduction="none").numpy()
 
 
 def loss_threshold_attack(query: Query, members: tuple[torch.Tensor, torch.Tensor],

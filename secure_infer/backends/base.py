@@ -71,12 +71,15 @@ class Program(ABC):
 class Backend(ABC):
     """Turns a traced graph into a :class:`Program`.
 
-    Subclasses name their accepted ``options`` and implement :meth:`build`;
-    :meth:`compile` validates options and refuses unsupported models first.
+    Subclasses name their accepted ``options`` and layer ``rules`` and
+    implement :meth:`build`; :meth:`compile` validates options and refuses
+    unsupported models first. A backend with checks beyond "every layer has a
+    rule" adds them in :meth:`model_problems`.
     """
 
     name: str
     options: frozenset[str] = frozenset()
+    rules: LayerRules[Any]
 
     def compile(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> Program:
         """Validate, then build the program; may start party processes or generate keys."""
@@ -97,13 +100,17 @@ class Backend(ABC):
     def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> Program:
         """Build the program for a graph that passed :meth:`check`."""
 
-    @abstractmethod
     def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
         """Problems that would stop :meth:`compile`, without building anything."""
+        return self.rules.problems(graph) or self.model_problems(graph, **options)
 
-    @abstractmethod
+    def model_problems(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
+        """Problems of a graph whose every layer has a rule (layer settings, graph shape); none by default."""
+        return []
+
     def conversions(self, graph: Graph) -> list[Conversion]:
         """How each remaining layer is carried out (exact, approximated...)."""
+        return self.rules.conversions(graph)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
 from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram, native_onnx, weightless
 from secure_infer.backends.crypten._rules import RULES
-from secure_infer.graph import Conversion, Graph
+from secure_infer.graph import Graph
 
 _OPTIONS = {"parties", "dealer", "port", "master_addr", "timeout", "threads", "precision_bits"}
 
@@ -158,13 +158,12 @@ def _init_in_process(precision_bits: int) -> Any:
 class CryptenBackend(Backend):
     name = "crypten"
     options = frozenset(_OPTIONS)
+    rules = RULES
 
-    def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
-        problems = RULES.problems(graph)
-        if problems:
-            return problems
+    def model_problems(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
         # Build every rule once with plaintext "shares": rules reject the layer
         # settings they cannot run (ceil_mode, padding='same'...) while building.
+        problems: list[UnsupportedModelError] = []
         for node in graph.nodes:
             if node.op == "module":
                 assert node.module is not None
@@ -173,9 +172,6 @@ class CryptenBackend(Backend):
                 except UnsupportedModelError as exc:
                     problems.append(exc)
         return problems
-
-    def conversions(self, graph: Graph) -> list[Conversion]:
-        return RULES.conversions(graph)
 
     def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> CryptenProgram:
         return CryptenProgram(graph, **options)

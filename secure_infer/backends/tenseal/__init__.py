@@ -137,31 +137,14 @@ class TensealProgram(Program):
                                  "key pair here; query it through protocols.he.HEClient")
         flat = self.client.check_input(x)
         started = time.perf_counter()
-        enc_s = comp_s = dec_s = 0.0
-        chunks = []
-        n_in = n_out = 0
-        requests = self.client.requests(flat)
-        while True:
-            t0 = time.perf_counter()
-            unit = next(requests, None)
-            if unit is None:
-                break
-            rows, cts = unit
-            t1 = time.perf_counter()
-            outs = self.evaluate(cts)
-            t2 = time.perf_counter()
-            chunks.append(self.client.decrypt(outs, rows))
-            t3 = time.perf_counter()
-            enc_s, comp_s, dec_s = enc_s + t1 - t0, comp_s + t2 - t1, dec_s + t3 - t2
-            n_in, n_out = n_in + len(cts), n_out + len(outs)
-            last_in, last_out = cts[0], outs[0]
-        y = np.concatenate(chunks)
+        y, totals = self.client.run(flat, self.evaluate)
         if self._ct_in_bytes is None:
-            self._ct_in_bytes = serialized_size(last_in)
-            self._ct_out_bytes = serialized_size(last_out)
+            self._ct_in_bytes = serialized_size(totals.sample_in)
+            self._ct_out_bytes = serialized_size(totals.sample_out)
+        n_in, n_out = totals.ciphertexts_in, totals.ciphertexts_out
         self.last_run = RunStats(
             backend="tenseal", batch_size=len(flat), wall_s=time.perf_counter() - started,
-            encrypt_s=enc_s, compute_s=comp_s, decrypt_s=dec_s,
+            encrypt_s=totals.encrypt_s, compute_s=totals.evaluate_s, decrypt_s=totals.decrypt_s,
             bytes_sent=n_in * self._ct_in_bytes + n_out * self._ct_out_bytes,
             extra={
                 "mode": self.mode, "ciphertexts_in": n_in, "ciphertexts_out": n_out,
@@ -227,20 +210,16 @@ def _conversions(graph: Graph, compiled: Compiled) -> list[Conversion]:
 class TensealBackend(Backend):
     name = "tenseal"
     options = frozenset(_OPTIONS)
+    rules = RULES
 
-    def check(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
-        problems = RULES.problems(graph)
-        if not problems:
-            from secure_infer.backends.tenseal._compile import _chain
+    def model_problems(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
+        from secure_infer.backends.tenseal._compile import _chain
 
-            try:
-                _chain(graph)
-            except UnsupportedModelError as exc:
-                problems.append(exc)
-        return problems
-
-    def conversions(self, graph: Graph) -> list[Conversion]:
-        return RULES.conversions(graph)
+        try:
+            _chain(graph)  # one chain of affine and polynomial stages, no branches
+        except UnsupportedModelError as exc:
+            return [exc]
+        return []
 
     def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> TensealProgram:
         return TensealProgram(graph, sample_input, **options)

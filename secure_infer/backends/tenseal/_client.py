@@ -10,7 +10,8 @@ in ``protocols.he`` both use this one class, so they pack identically.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,20 @@ class Layout:
         return layout
 
 
+@dataclass
+class RunTotals:
+    """What one :meth:`LayoutClient.run` cost: seconds per phase and ciphertext counts."""
+
+    encrypt_s: float = 0.0
+    evaluate_s: float = 0.0
+    decrypt_s: float = 0.0
+    requests: int = 0
+    ciphertexts_in: int = 0
+    ciphertexts_out: int = 0
+    sample_in: Any = None  # one input and one output ciphertext, for sizes
+    sample_out: Any = None
+
+
 class LayoutClient:
     """Encrypts inputs for, and decrypts outputs of, a program with a given :class:`Layout`."""
 
@@ -153,6 +168,35 @@ class LayoutClient:
             for start in range(0, len(flat), self.layout.slots):
                 block = flat[start : start + self.layout.slots]
                 yield len(block), [self.keys.encrypt(block[:, j]) for j in range(block.shape[1])]
+
+    def run(self, flat: np.ndarray, evaluate: Callable[[list[Any]], list[Any]]) -> tuple[np.ndarray, RunTotals]:
+        """Encrypt ``flat`` request by request, have ``evaluate`` compute each, decrypt; outputs and totals.
+
+        ``evaluate`` is the program itself in process, or a network round trip.
+        """
+        totals = RunTotals()
+        outputs = []
+        units = self.requests(flat)
+        while True:
+            t0 = time.perf_counter()
+            unit = next(units, None)
+            if unit is None:
+                break
+            rows, cts = unit
+            t1 = time.perf_counter()
+            outs = evaluate(cts)
+            t2 = time.perf_counter()
+            outputs.append(self.decrypt(outs, rows))
+            t3 = time.perf_counter()
+            totals.encrypt_s += t1 - t0
+            totals.evaluate_s += t2 - t1
+            totals.decrypt_s += t3 - t2
+            totals.requests += 1
+            totals.ciphertexts_in += len(cts)
+            totals.ciphertexts_out += len(outs)
+            if totals.sample_in is None:
+                totals.sample_in, totals.sample_out = cts[0], outs[0]
+        return np.concatenate(outputs), totals
 
     def decrypt(self, outputs: list[Any], rows: int) -> np.ndarray:
         """Decrypt one unit's output ciphertexts into ``(rows, output_size)``."""
