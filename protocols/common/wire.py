@@ -41,8 +41,9 @@ type  name      direction  metadata (besides ``blobs``) and blobs
                            rotation_steps (the Galois keys the server needs),
                            chunks (latency: ciphertexts per input, usually 1)
 3     KEYS      c -> s     ``{"format": "seal", "names": [...]}`` with blobs
-                           named ``public_key``, ``relin_keys`` and (latency
-                           mode) ``galois_keys``, each SEAL-serialized; or
+                           named ``relin_keys`` and (latency mode)
+                           ``galois_keys``, each SEAL-serialized (seeded form
+                           welcome); a ``public_key`` is accepted and dropped; or
                            ``{"format": "tenseal-context"}`` with one blob, a
                            TenSEAL context serialized *without* its secret key
 4     SESSION   s -> c     ``{"session": hex str, "key_bytes": int}``

@@ -84,7 +84,7 @@ class HEClient:
         welcome = self._hello()
         self.model_name = str(welcome.meta.get("model", "model"))
         self.layout = Layout.from_json(welcome.meta.get("layout"))
-        self.cipher = LayoutClient(self.layout)
+        self.cipher = LayoutClient(self.layout, for_wire=True)
         self._upload_keys()
 
     # -- connection ------------------------------------------------------------------------
@@ -113,11 +113,8 @@ class HEClient:
                               MessageType.WELCOME)
 
     def _upload_keys(self) -> None:
-        from secure_infer.backends.tenseal._seal import to_bytes
-
-        public = self.cipher.keys.public
-        names = ["public_key", "relin_keys"] + (["galois_keys"] if public.galois_keys is not None else [])
-        blobs = tuple(to_bytes(getattr(public, n)) for n in names)
+        names = list(self.cipher.keys.public_blobs)
+        blobs = tuple(self.cipher.keys.public_blobs[n] for n in names)
         frame = Frame(MessageType.KEYS, {"format": "seal", "names": names}, blobs)
         reply = self._exchange(frame, MessageType.SESSION)
         self.session_id = str(reply.meta["session"])

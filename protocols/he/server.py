@@ -2,7 +2,7 @@
 
 The server holds the weights and a program compiled without any key
 (``keys=False``). Each client uploads its public key material once per
-session (public key, relinearization keys, the Galois keys the layout names)
+session (relinearization keys and the Galois keys the layout names, seeded)
 and then sends ciphertexts; the server evaluates and returns ciphertexts. It
 never holds a secret key and refuses one if offered.
 
@@ -32,7 +32,8 @@ from secure_infer._errors import ParameterError, ProtocolError
 log = logging.getLogger("secure_infer.protocols.he.server")
 
 PROTOCOL = 1
-KEY_NAMES = {"public_key": "PublicKey", "relin_keys": "RelinKeys", "galois_keys": "GaloisKeys"}
+# evaluation keys only; a public key is accepted and dropped (the server never encrypts)
+KEY_NAMES = ("relin_keys", "galois_keys", "public_key")
 # a broken header means the stream's framing is lost: answer, then hang up
 FATAL_CODES = {"bad-magic", "bad-version", "bad-flags", "frame-too-large", "truncated", "secret-key-refused"}
 
@@ -241,12 +242,7 @@ class HEServer:
         raise ProtocolError(f"a client does not send {kind.name}", code="unexpected-message")
 
     def _new_session(self, frame: Frame) -> Session:
-        from secure_infer.backends.tenseal._seal import (
-            PublicMaterial,
-            ServerContext,
-            galois_element,
-            to_bytes,
-        )
+        from secure_infer.backends.tenseal._seal import ServerContext, galois_element, to_bytes
 
         program = self.program
         fmt = frame.meta.get("format")
@@ -263,22 +259,22 @@ class HEServer:
             raw = self._from_tenseal_context(frame, to_bytes)
         else:
             raise ProtocolError("KEYS meta.format must be 'seal' or 'tenseal-context'", code="bad-keys")
-        for needed in ("public_key", "relin_keys"):
-            if needed not in raw:
-                raise ProtocolError(f"KEYS is missing {needed}", code="bad-keys")
-        loaded = {}
-        for name, blob in raw.items():
-            loaded[name] = self._load(KEY_NAMES[name], blob, f"KEYS {name}")
+        raw.pop("public_key", None)
+        if "relin_keys" not in raw:
+            raise ProtocolError("KEYS is missing relin_keys", code="bad-keys")
         steps = program.published.rotation_steps
-        galois = loaded.get("galois_keys")
+        context = ServerContext(program.params, None)
+        try:
+            public = context.load_keys(raw, tuple(steps))
+        except ValueError as exc:
+            raise ProtocolError(f"KEYS: {exc}", code="bad-keys") from None
         n = program.params.poly_modulus_degree
+        galois = public.galois_keys
         missing = [s for s in steps if galois is None or not galois.has_key(galois_element(s, n))]
         if missing:
             raise ProtocolError(f"KEYS lacks Galois keys for rotation steps {missing} (the layout's rotation_steps)",
                                 code="bad-keys")
-        public = PublicMaterial(loaded["public_key"], loaded["relin_keys"], galois, tuple(steps))
-        session = Session(os.urandom(16).hex(), ServerContext(program.params, public),
-                          key_bytes=sum(len(b) for b in raw.values()))
+        session = Session(os.urandom(16).hex(), context, key_bytes=sum(len(b) for b in raw.values()))
         with self._lock:
             self._sessions[session.session_id] = session
             while len(self._sessions) > self.max_sessions:
@@ -299,7 +295,7 @@ class HEServer:
             raise ProtocolError("the uploaded TenSEAL context carries a secret key: serialize it with "
                                 "save_secret_key=False (or call make_context_public()) and send it again",
                                 code="secret-key-refused")
-        raw = {"public_key": to_bytes(ctx.data.public_key()), "relin_keys": to_bytes(ctx.data.relin_keys())}
+        raw = {"relin_keys": to_bytes(ctx.data.relin_keys())}
         if ctx.has_galois_keys():
             raw["galois_keys"] = to_bytes(ctx.data.galois_keys())
         return raw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ def test_relu_is_replaced_and_reported(trained_zoo, digits) -> None:
 
 def test_latency_mode_makes_only_the_rotation_keys_it_uses(trained_zoo, digits) -> None:
     enc = si.wrap(trained_zoo["cryptonets"].model, "tenseal", sample_input=digits.x_test[:1])
-    steps = enc.program.client.keys.public.rotation_steps
+    steps = enc.program.server.public.rotation_steps
     assert steps and all(s & (s - 1) == 0 for s in steps)  # powers of two only
     assert len(steps) < 12  # TenSEAL's generate_galois_keys() makes 2*log2(N/2) = 24
     layout = enc.program.layout()
@@ -103,6 +104,22 @@ def test_the_server_side_has_no_secret_key(trained_zoo, digits) -> None:
     server = enc.program.server
     assert not any("secret" in name for name in vars(server))
     assert not any("secret" in name for name in vars(server.public))
+    assert set(server.public.sizes()) <= {"relin_keys", "galois_keys"}  # no public key: the server never encrypts
+
+
+def test_key_material_and_inputs_travel_seeded(trained_zoo, digits) -> None:
+    """Seeded keys and symmetric seeded ciphertexts: about half the bytes of their expanded forms."""
+    from secure_infer.backends.tenseal._seal import serialized_size
+
+    enc = si.wrap(trained_zoo["cryptonets"].model, "tenseal", sample_input=digits.x_test[:1])
+    public, keys = enc.program.server.public, enc.program.client.keys
+    for name, obj in (("relin_keys", public.relin_keys), ("galois_keys", public.galois_keys)):
+        assert public.sizes()[name] < 0.6 * serialized_size(obj)
+    enc(digits.x_test[:1])
+    fresh = keys.encrypt(np.zeros(keys.params.slots))
+    sent = enc.last_run.extra["ciphertext_bytes_in"]
+    assert sent == pytest.approx(keys.wire_size(), rel=0.01)  # compression varies by a few bytes
+    assert sent < 0.6 * serialized_size(fresh)
 
 
 def test_parameters_are_128_bit_secure() -> None:

@@ -1,9 +1,9 @@
 """The TenSEAL backend: models compiled to CKKS homomorphic programs.
 
 The caller keeps the secret key (:class:`~._seal.ClientKeys`); the evaluating
-side (:class:`~._seal.ServerContext`) is built from public material only: the
-public key, relinearization keys and Galois keys for exactly the rotations the
-program uses. ``mode="latency"`` packs one input per ciphertext (diagonal
+side (:class:`~._seal.ServerContext`) is built from public material only:
+relinearization keys and Galois keys for exactly the rotations the program
+uses, loaded from the same seeded bytes a remote client would upload. ``mode="latency"`` packs one input per ciphertext (diagonal
 method, few rotation keys); ``mode="batch"`` packs one input per slot
 (CryptoNets SIMD) for throughput.
 """
@@ -96,13 +96,14 @@ class TensealProgram(Program):
         )
         # client side: keys; only public material crosses to the server object
         self.client: LayoutClient | None = LayoutClient(self.published)
-        self.server = ServerContext(self.params, self.client.keys.public)
+        self.server = ServerContext(self.params, None)
+        public = self.server.load_keys(self.client.keys.public_blobs, self.client.keys.rotation_steps)
         if isinstance(self.plan, LatencyPlan):
             self.plan.encode_weights(self.server)
         else:
             self.plan.server = self.server
         self.setup_s = time.perf_counter() - started
-        self.key_bytes = self.client.keys.public.sizes()
+        self.key_bytes = public.sizes()
         self.conversions = list(graph.conversions) + _conversions(graph, self.compiled)
         self._ct_in_bytes: int | None = None
 
@@ -139,7 +140,7 @@ class TensealProgram(Program):
         started = time.perf_counter()
         y, totals = self.client.run(flat, self.evaluate)
         if self._ct_in_bytes is None:
-            self._ct_in_bytes = serialized_size(totals.sample_in)
+            self._ct_in_bytes = self.client.keys.wire_size()  # seeded, as a remote client sends it
             self._ct_out_bytes = serialized_size(totals.sample_out)
         n_in, n_out = totals.ciphertexts_in, totals.ciphertexts_out
         self.last_run = RunStats(

@@ -128,9 +128,11 @@ class RunTotals:
 class LayoutClient:
     """Encrypts inputs for, and decrypts outputs of, a program with a given :class:`Layout`."""
 
-    def __init__(self, layout: Layout, keys: ClientKeys | None = None) -> None:
+    def __init__(self, layout: Layout, keys: ClientKeys | None = None, *, for_wire: bool = False) -> None:
+        """``for_wire``: encrypt to seeded ciphertexts that only serialize (half the bytes), for a remote server."""
         self.layout = layout
         self.keys = keys or ClientKeys(layout.params, layout.rotation_steps)
+        self._encrypt = self.keys.encrypt_for_wire if for_wire else self.keys.encrypt
 
     def check_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """Validate shape, dtype and range at the boundary; return inputs as flat float64 rows."""
@@ -162,12 +164,12 @@ class LayoutClient:
         """
         if self.layout.mode == "latency":
             for row in flat:
-                yield 1, [self.keys.encrypt(v) for v in pack_latency(row, self.layout.period, self.layout.slots,
+                yield 1, [self._encrypt(v) for v in pack_latency(row, self.layout.period, self.layout.slots,
                                                                      self.layout.chunks)]
         else:
             for start in range(0, len(flat), self.layout.slots):
                 block = flat[start : start + self.layout.slots]
-                yield len(block), [self.keys.encrypt(block[:, j]) for j in range(block.shape[1])]
+                yield len(block), [self._encrypt(block[:, j]) for j in range(block.shape[1])]
 
     def run(self, flat: np.ndarray, evaluate: Callable[[list[Any]], list[Any]]) -> tuple[np.ndarray, RunTotals]:
         """Encrypt ``flat`` request by request, have ``evaluate`` compute each, decrypt; outputs and totals.

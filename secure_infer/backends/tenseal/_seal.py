@@ -5,6 +5,13 @@ TenSEAL's vector API creates Galois keys for every power-of-two rotation
 rotation steps the compiled program uses, and the client/server split is
 explicit: :class:`ClientKeys` holds the secret key and never leaves the
 caller; :class:`ServerContext` is built only from public material.
+
+What crosses to the server is as small as SEAL allows: relinearization and
+Galois keys in SEAL's seeded form (the uniformly random half of each key is
+replaced by the seed that regenerates it, halving the bytes), and no public
+key at all, because the server never encrypts. The client encrypts with its
+secret key (symmetric CKKS, as secure for the key holder and half the work),
+and input ciphertexts travel seeded too.
 """
 
 from __future__ import annotations
@@ -89,23 +96,40 @@ def seal_context(params: CKKSParameters) -> Any:
     return ctx
 
 
+KEY_BLOBS = {"relin_keys": "RelinKeys", "galois_keys": "GaloisKeys"}
+
+
 @dataclass
 class PublicMaterial:
-    """What the client uploads: never the secret key."""
+    """The evaluation keys a server holds: never the secret key, and no public key (it never encrypts).
 
-    public_key: Any
+    ``blob_sizes`` are the bytes each key took on the wire, which is what the
+    reports call public key material.
+    """
+
     relin_keys: Any
     galois_keys: Any | None
     rotation_steps: tuple[int, ...]
+    blob_sizes: dict[str, int]
+
+    @classmethod
+    def load(cls, context: Any, blobs: dict[str, bytes], rotation_steps: tuple[int, ...]) -> PublicMaterial:
+        """Keys from their serialized form (:data:`KEY_BLOBS` names); ``ValueError`` names a bad one."""
+        unknown = sorted(set(blobs) - set(KEY_BLOBS))
+        if unknown:
+            raise ValueError(f"unknown key material {unknown}; expected {sorted(KEY_BLOBS)}")
+        if "relin_keys" not in blobs:
+            raise ValueError("relin_keys missing")
+        loaded = {name: from_bytes(KEY_BLOBS[name], context, blob) for name, blob in blobs.items()}
+        return cls(loaded["relin_keys"], loaded.get("galois_keys"), tuple(rotation_steps),
+                   {name: len(blob) for name, blob in blobs.items()})
 
     def sizes(self) -> dict[str, int]:
-        out = {"public_key": serialized_size(self.public_key), "relin_keys": serialized_size(self.relin_keys)}
-        out["galois_keys"] = serialized_size(self.galois_keys) if self.galois_keys is not None else 0
-        return out
+        return dict(self.blob_sizes)
 
 
 class ClientKeys:
-    """The data owner's side: secret key, encryption and decryption."""
+    """The data owner's side: secret key, encryption and decryption, and the evaluation keys to publish."""
 
     def __init__(self, params: CKKSParameters, rotation_steps: tuple[int, ...]) -> None:
         seal = _seal()
@@ -113,28 +137,39 @@ class ClientKeys:
         self.context = seal_context(params)
         keygen = seal.KeyGenerator(self.context)
         self._secret_key = keygen.secret_key()
-        public_key = seal.PublicKey()
-        keygen.create_public_key(public_key)
-        relin = seal.RelinKeys()
-        keygen.create_relin_keys(relin)
-        galois = None
-        steps = tuple(sorted(set(s % params.slots for s in rotation_steps) - {0}))
-        if steps:
-            galois = seal.GaloisKeys()
-            keygen.create_galois_keys([galois_element(s, params.poly_modulus_degree) for s in steps], galois)
-        self.public = PublicMaterial(public_key, relin, galois, steps)
+        self.rotation_steps = tuple(sorted(set(s % params.slots for s in rotation_steps) - {0}))
+        # seeded serializations: the server expands the seeds when it loads them
+        self.public_blobs: dict[str, bytes] = {"relin_keys": to_bytes(keygen.create_relin_keys())}
+        if self.rotation_steps:
+            elements = [galois_element(s, params.poly_modulus_degree) for s in self.rotation_steps]
+            self.public_blobs["galois_keys"] = to_bytes(keygen.create_galois_keys(elements))
         self.encoder = seal.CKKSEncoder(self.context)
-        self._encryptor = seal.Encryptor(self.context, public_key)
+        self._encryptor = seal.Encryptor(self.context, self._secret_key)
         self._decryptor = seal.Decryptor(self.context, self._secret_key)
         self.scale = float(2**params.scale_bits)
 
+    def server_material(self, context: Any | None = None) -> PublicMaterial:
+        """What a server loads from :attr:`public_blobs` (in process: the same bytes, the same path)."""
+        return PublicMaterial.load(context or self.context, self.public_blobs, self.rotation_steps)
+
+    def _plain(self, values: np.ndarray) -> Any:
+        plain = _seal().Plaintext()
+        self.encoder.encode(np.asarray(values, dtype=np.float64), self.scale, plain)
+        return plain
+
     def encrypt(self, values: np.ndarray) -> Any:
-        seal = _seal()
-        plain = seal.Plaintext()
-        self.encoder.encode(np.asarray(values, dtype=np.float64).tolist(), self.scale, plain)
-        ct = seal.Ciphertext()
-        self._encryptor.encrypt(plain, ct)
+        """A ciphertext to evaluate in this process."""
+        ct = _seal().Ciphertext()
+        self._encryptor.encrypt_symmetric(self._plain(values), ct)
         return ct
+
+    def encrypt_for_wire(self, values: np.ndarray) -> Any:
+        """A seeded ciphertext that only serializes (:func:`to_bytes`): half the bytes of :meth:`encrypt`'s."""
+        return self._encryptor.encrypt_symmetric(self._plain(values))
+
+    def wire_size(self) -> int:
+        """Bytes one fresh input ciphertext takes on the wire."""
+        return len(to_bytes(self.encrypt_for_wire(np.zeros(self.params.slots))))
 
     def decrypt(self, ct: Any) -> np.ndarray:
         seal = _seal()
@@ -157,6 +192,11 @@ class ServerContext:
         self.public = public
         self.evaluator = seal.Evaluator(self.context)
         self.encoder = seal.CKKSEncoder(self.context)
+
+    def load_keys(self, blobs: dict[str, bytes], rotation_steps: tuple[int, ...]) -> PublicMaterial:
+        """Load a client's serialized evaluation keys (see :data:`KEY_BLOBS`); ``ValueError`` if bad."""
+        self.public = PublicMaterial.load(self.context, blobs, rotation_steps)
+        return self.public
 
     def prime_at(self, parms_id: Any) -> float:
         """The prime a rescale at this level removes."""

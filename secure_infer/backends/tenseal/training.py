@@ -96,7 +96,8 @@ def train_logistic_regression(
     coeffs = _sigmoid_poly(sigmoid_range)
     started = time.perf_counter()
     client = ClientKeys(_PARAMS, ())
-    server = ServerContext(_PARAMS, client.public)
+    server = ServerContext(_PARAMS, None)
+    server.load_keys(client.public_blobs, client.rotation_steps)
     ops = _Ops(server)
     ev = server.evaluator
     pad = np.zeros(_PARAMS.slots)
@@ -149,7 +150,8 @@ def train_logistic_regression(
         w -= lr * sums[:d] / n
         b -= lr * sums[d] / n
     seconds = time.perf_counter() - started
-    ct_bytes = serialized_size(enc_x[0]) * (d + 1) + serialized_size(terms[0]) * (d + 1) * epochs
+    # up: features and labels once, weights every epoch (seeded); down: gradient terms every epoch
+    ct_bytes = client.wire_size() * (d + 1) * (epochs + 1) + serialized_size(terms[0]) * (d + 1) * epochs
     x_test = data.x_test.reshape(len(data.x_test), -1).double().numpy() * feature_scale
     y_test = data.y_test.numpy()
     w_plain, b_plain = _plaintext(x, y, epochs, lr)
