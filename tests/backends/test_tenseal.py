@@ -10,6 +10,7 @@ from torch import nn
 import secure_infer as si
 from secure_infer import zoo
 from secure_infer.backends.tenseal._client import Layout
+from secure_infer.backends.tenseal._execute import pack_latency
 from secure_infer.backends.tenseal._params import CKKSParameters, choose, max_bits_128
 
 pytestmark = pytest.mark.timeout(600)
@@ -213,3 +214,34 @@ def test_a_wide_first_layer_no_longer_forces_a_larger_ring() -> None:
     assert enc.program.params.poly_modulus_degree == 8192 and enc.program.published.chunks == 2
     with torch.no_grad():
         assert float((enc(x) - model(x)).abs().max()) < 1e-2
+
+
+def test_blocked_packing_places_each_value_once_per_block() -> None:
+    x = np.arange(1, 11, dtype=float)  # 10 values, padded to period 16
+    (packed,) = pack_latency(x, 16, 64, block=8, width=4)
+    # span 16*8/4 = 32 slots: block t repeats values 4t..4t+3; the span repeats across the ciphertext
+    assert list(packed[:8]) == [1, 2, 3, 4] * 2
+    assert list(packed[8:16]) == [5, 6, 7, 8] * 2
+    assert list(packed[16:24]) == [9, 10, 0, 0] * 2
+    assert not packed[24:32].any()
+    assert np.array_equal(packed[:32], packed[32:])
+    # block = width = period is the periodic packing
+    assert np.array_equal(pack_latency(x, 16, 64, block=16, width=16)[0], pack_latency(x, 16, 64)[0])
+
+
+def test_the_first_layer_reads_a_cheaper_packing_and_agrees() -> None:
+    """A narrow input in a wide ciphertext is packed in blocks: fewer diagonals than outputs, same answers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 64), zoo.Square(), nn.Linear(64, 5)).eval()
+    x = torch.rand(4, 100)
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    layout = enc.program.published
+    assert layout.block == 64 and 0 < layout.width < 64
+    first = enc.program.plan.affine[0][0]
+    assert sum(len(b) for b in first.blocks) <= layout.width  # diagonals: the periodic packing needs 64
+    assert Layout.from_json(layout.to_json()) == layout
+    with torch.no_grad():
+        assert float((enc(x) - model(x)).abs().max()) < 1e-2
+    bad = dict(layout.to_json(), width=3)
+    with pytest.raises(si.ParameterError, match="layout.block/width"):
+        Layout.from_json(bad)

@@ -93,6 +93,8 @@ class TensealProgram(Program):
             period=self.plan.input_period if isinstance(self.plan, LatencyPlan) else 0,
             rotation_steps=tuple(s % slots for s in steps if s % slots),
             chunks=self.plan.chunks if isinstance(self.plan, LatencyPlan) else 1,
+            block=self.plan.input_block if isinstance(self.plan, LatencyPlan) else 0,
+            width=self.plan.input_width if isinstance(self.plan, LatencyPlan) else 0,
         )
         # client side: keys; only public material crosses to the server object
         self.client: LayoutClient | None = LayoutClient(self.published)
@@ -153,12 +155,18 @@ class TensealProgram(Program):
                 "key_bytes": dict(self.key_bytes), "public_key_material_bytes": sum(self.key_bytes.values()),
                 "depth_used": self.compiled.depth, "depth_available": self.params.depth,
                 "slots": self.params.slots,
-                "slots_used": (self.plan.input_period * self.plan.chunks if isinstance(self.plan, LatencyPlan)
-                               else min(len(flat), self.params.slots)),
+                "slots_used": self._slots_used(len(flat)),
                 "rotation_keys": list(self.published.rotation_steps),
             },
         )
         return torch.from_numpy(y).float()
+
+    def _slots_used(self, rows: int) -> int:
+        if not isinstance(self.plan, LatencyPlan):
+            return min(rows, self.params.slots)
+        if self.plan.input_block:  # the blocked packing: each value once per block of its span
+            return self.params.slots * self.plan.input_width // self.plan.input_block
+        return self.plan.input_period * self.plan.chunks
 
     def layout(self) -> dict[str, Any]:
         """What the server publishes for the client: shapes, packing and parameters, never weights."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from secure_infer._errors import ParameterError
-from secure_infer.backends.tenseal._execute import pack_latency
+from secure_infer.backends.tenseal._execute import layout_index, pack_latency
 from secure_infer.backends.tenseal._params import CKKSParameters
 from secure_infer.backends.tenseal._seal import ClientKeys
 
@@ -41,6 +41,10 @@ class Layout:
         rotation_steps: latency mode: the Galois keys the server needs.
         chunks: latency mode: ciphertexts per input (more than 1 when the input is
             wider than one ciphertext; then ``period`` equals the slot count).
+        block, width: latency mode: 0 for the periodic packing (the padded input
+            repeated across the slots), else the blocked packing: block ``t`` (of
+            ``block`` slots) repeats input values ``t*width .. t*width+width-1``
+            (see ``layout_index``). They depend on layer widths only, never on a weight.
     """
 
     mode: str
@@ -52,6 +56,8 @@ class Layout:
     period: int = 0
     rotation_steps: tuple[int, ...] = ()
     chunks: int = 1
+    block: int = 0
+    width: int = 0
 
     @property
     def input_size(self) -> int:
@@ -68,6 +74,7 @@ class Layout:
             "poly_modulus_degree": self.params.poly_modulus_degree,
             "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes), "scale_bits": self.params.scale_bits,
             "period": self.period, "rotation_steps": list(self.rotation_steps), "chunks": self.chunks,
+            "block": self.block, "width": self.width,
         }
 
     @classmethod
@@ -100,7 +107,9 @@ class Layout:
         layout = cls(mode=mode, input_shape=ints("input_shape"), output_size=number("output_size", int),
                      input_range=(float(rng[0]), float(rng[1])), output_bound=number("output_bound"),
                      params=params, period=number("period", int), rotation_steps=ints("rotation_steps"),
-                     chunks=number("chunks", int) if "chunks" in data else 1)
+                     chunks=number("chunks", int) if "chunks" in data else 1,
+                     block=number("block", int) if "block" in data else 0,
+                     width=number("width", int) if "width" in data else 0)
         if min(layout.input_shape, default=0) < 1 or layout.output_size < 1:
             raise ParameterError("layout: input_shape and output_size must be positive")
         if mode == "latency" and not (layout.input_size <= layout.period * layout.chunks
@@ -108,6 +117,13 @@ class Layout:
             raise ParameterError("layout.period: must be a power of two between the input size and the slot count")
         if layout.chunks < 1 or (layout.chunks > 1 and layout.period != layout.slots):
             raise ParameterError("layout.chunks: must be >= 1, and several chunks fill whole ciphertexts (period = slots)")
+        if layout.block or layout.width:
+            try:
+                if layout.chunks != 1 or layout.width > layout.period:
+                    raise ValueError("one ciphertext per input, width <= period")
+                layout_index(layout.period, layout.block, layout.width, layout.slots)
+            except (ValueError, ZeroDivisionError) as exc:
+                raise ParameterError(f"layout.block/width: not a blocked packing of this input: {exc}") from None
         return layout
 
 
@@ -164,8 +180,9 @@ class LayoutClient:
         """
         if self.layout.mode == "latency":
             for row in flat:
-                yield 1, [self._encrypt(v) for v in pack_latency(row, self.layout.period, self.layout.slots,
-                                                                     self.layout.chunks)]
+                packed = pack_latency(row, self.layout.period, self.layout.slots, self.layout.chunks, self.layout.block,
+                                      self.layout.width)
+                yield 1, [self._encrypt(v) for v in packed]
         else:
             for start in range(0, len(flat), self.layout.slots):
                 block = flat[start : start + self.layout.slots]
