@@ -69,10 +69,13 @@ def test_square_cnn_on_digits_both_modes(trained_zoo, digits) -> None:
         enc = si.wrap(z.model, "tenseal", sample_input=x[:1], mode=mode, calibration=digits.x_train[:200])
         outs[mode] = enc(x if mode == "batch" else x[:8])
         run = enc.last_run
-        assert run.extra["depth_used"] == 5 and run.encrypt_s > 0 and run.compute_s > 0 and run.decrypt_s > 0
+        # batch mode runs the square chain: each affine layer shares its square's rescale
+        assert run.extra["depth_used"] == (5 if mode == "latency" else 2)
+        assert run.encrypt_s > 0 and run.compute_s > 0 and run.decrypt_s > 0
         assert run.extra["ciphertext_bytes_in"] > 0 and run.extra["public_key_material_bytes"] > 0
     plain = z.model(x).detach()
     assert torch.equal(outs["batch"].argmax(1), plain.argmax(1))
+    assert float((outs["batch"] - plain).abs().max()) < 0.1
     # The first prime is sized for the worst case over the whole input range, which
     # leaves 26-bit scales at N=8192: logits (up to ~90) come back within ~0.03.
     assert float((outs["latency"] - plain[:8]).abs().max()) < 0.1
@@ -245,3 +248,38 @@ def test_the_first_layer_reads_a_cheaper_packing_and_agrees() -> None:
     bad = dict(layout.to_json(), width=3)
     with pytest.raises(si.ParameterError, match="layout.block/width"):
         Layout.from_json(bad)
+
+
+def test_square_chains_are_recognised() -> None:
+    from secure_infer.backends.tenseal._compile import (
+        AffineStage,
+        Compiled,
+        PolyStage,
+        square_chain,
+    )
+
+    def chain(*kinds: str) -> Compiled:
+        stages = [AffineStage(np.eye(2), np.zeros(2), ["a"]) if k == "A" else
+                  PolyStage(np.array([0.1, 0.5, 1.0] if k == "S" else [0.0, 1.0, 0.0, 0.2]), "p", exact=k == "S")
+                  for k in kinds]
+        return Compiled(stages, 2, 2, None)  # type: ignore[arg-type]
+
+    assert square_chain(chain("A", "S", "A")) == 1
+    assert square_chain(chain("A", "S", "A", "S", "A")) == 2
+    assert square_chain(chain("A")) == 0  # nothing to share
+    assert square_chain(chain("A", "C", "A")) == 0  # a cubic needs its own levels
+    assert square_chain(chain("S", "A")) == 0
+    assert square_chain(chain("A", "S")) == 0  # a trailing square has no affine layer to share with
+
+
+def test_square_chain_parameters_are_secure_and_smaller() -> None:
+    from secure_infer.backends.tenseal._params import choose_square_chain
+
+    for pairs in (1, 2, 3):
+        chain = choose_square_chain(pairs, max_abs_output=100.0)
+        assert chain is not None
+        params, weight_bits = chain
+        assert params.total_bits <= max_bits_128(params.poly_modulus_degree) and weight_bits >= 16
+        general = choose(2 * pairs + 1, max_abs_output=100.0, slots_needed=1)
+        assert len(params.coeff_mod_bit_sizes) < len(general.coeff_mod_bit_sizes)
+    assert choose_square_chain(0, max_abs_output=1.0) is None

@@ -20,9 +20,9 @@ from secure_infer._errors import ParameterError, UnsupportedModelError
 from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
 from secure_infer.backends.tenseal._client import Layout, LayoutClient
-from secure_infer.backends.tenseal._compile import Compiled, compile_graph
+from secure_infer.backends.tenseal._compile import Compiled, compile_graph, square_chain
 from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
-from secure_infer.backends.tenseal._params import CKKSParameters, choose
+from secure_infer.backends.tenseal._params import CKKSParameters, choose, choose_square_chain
 from secure_infer.backends.tenseal._rules import RULES
 from secure_infer.backends.tenseal._seal import ServerContext, serialized_size
 from secure_infer.graph import Conversion, Graph
@@ -46,6 +46,7 @@ class TensealProgram(Program):
             raise ParameterError(f"calibration must be a tensor shaped (n, {', '.join(map(str, graph.input_shape[1:]))})")
         self.mode = mode
         self.graph = graph
+        self.weight_bits = 0  # > 0: batch mode's square-chain schedule (see choose_square_chain)
         self.compiled: Compiled = compile_graph(graph, calib.float(), degree=poly_degree, margin=margin)
         with torch.no_grad():
             calib_out = self.compiled.approximated.run(calib.float())
@@ -57,7 +58,7 @@ class TensealProgram(Program):
         # that no allowed input can wrap around the modulus and decrypt to garbage.
         max_out = max(float(calib_out.abs().max()), output_bound_for(self.compiled, *self.input_range))
         self.worst_case_output = max_out
-        depth = self.compiled.depth
+        depth = self.levels_used = self.compiled.depth
         slots_needed = LatencyPlan.periods_fit(self.compiled) if mode == "latency" else 1
         if coeff_mod_bit_sizes is not None or poly_modulus_degree is not None:
             if coeff_mod_bit_sizes is None or poly_modulus_degree is None:
@@ -70,8 +71,16 @@ class TensealProgram(Program):
             if self.params.slots < slots_needed:
                 raise ParameterError(f"latency mode needs {slots_needed} slots; N={poly_modulus_degree} has {self.params.slots}")
         else:
-            self.params = choose(depth, max_abs_output=max_out, slots_needed=slots_needed, scale_bits=scale_bits)
-        self.output_bound = 2.0 ** (self.params.coeff_mod_bit_sizes[0] - self.params.scale_bits - 1)
+            chain = None
+            if mode == "batch" and scale_bits is None:
+                chain = choose_square_chain(square_chain(self.compiled), max_abs_output=max_out)
+            if chain is not None:
+                self.params, self.weight_bits = chain
+                self.levels_used = self.params.depth
+            else:
+                self.params = choose(depth, max_abs_output=max_out, slots_needed=slots_needed, scale_bits=scale_bits)
+        # the last stage's outputs carry the input scale, times the weight scale when not rescaled
+        self.output_bound = 2.0 ** (self.params.coeff_mod_bit_sizes[0] - self.params.scale_bits - self.weight_bits - 1)
         if max_out > self.output_bound:
             raise ParameterError(
                 f"outputs can reach {max_out:.3g} for inputs in [{self.input_range[0]:.3g}, {self.input_range[1]:.3g}], but the first prime "
@@ -85,7 +94,7 @@ class TensealProgram(Program):
             self.plan: LatencyPlan | BatchPlan = LatencyPlan(self.compiled, None, slots)
             steps = tuple(sorted(self.plan.rotation_steps))
         else:
-            self.plan = BatchPlan(self.compiled, None, slots)
+            self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits)
             steps = ()
         self.published = Layout(
             mode=mode, input_shape=tuple(graph.input_shape[1:]), output_size=self.compiled.output_size,
@@ -153,7 +162,7 @@ class TensealProgram(Program):
                 "mode": self.mode, "ciphertexts_in": n_in, "ciphertexts_out": n_out,
                 "ciphertext_bytes_in": n_in * self._ct_in_bytes, "ciphertext_bytes_out": n_out * self._ct_out_bytes,
                 "key_bytes": dict(self.key_bytes), "public_key_material_bytes": sum(self.key_bytes.values()),
-                "depth_used": self.compiled.depth, "depth_available": self.params.depth,
+                "depth_used": self.levels_used, "depth_available": self.params.depth,
                 "slots": self.params.slots,
                 "slots_used": self._slots_used(len(flat)),
                 "rotation_keys": list(self.published.rotation_steps),
@@ -181,7 +190,9 @@ class TensealProgram(Program):
             "parameters": self.params.describe(),
             "public key material": keys,
             "rotation keys": str(list(self.published.rotation_steps)),
-            "depth": f"{self.compiled.depth} used of {self.params.depth}",
+            "depth": f"{self.levels_used} used of {self.params.depth}" + (
+                f" (square chain: each affine layer shares its square's rescale, weights at 2^{self.weight_bits}"
+                " or finer)" if self.weight_bits else ""),
             "threat model": "semi-honest server; it sees the public context and ciphertexts only",
         }
 

@@ -173,3 +173,20 @@ def _fold_leading_coefficients(stages: list[AffineStage | PolyStage]) -> None:
         stage.coefficients = stage.coefficients / a
         stage.scale_next = a
         nxt.matrix = nxt.matrix * a
+
+
+def square_chain(compiled: Compiled) -> int:
+    """``k`` when the stages are ``affine (x^2 + c1 x + c0, affine) x k``, else 0.
+
+    Such programs (CryptoNets and its kind) can share one rescale between
+    each affine stage and the square after it (see ``choose_square_chain``).
+    """
+    stages = compiled.stages
+    if len(stages) < 3 or len(stages) % 2 == 0:
+        return 0
+    for i, stage in enumerate(stages):
+        if i % 2 == 0 and not isinstance(stage, AffineStage):
+            return 0
+        if i % 2 == 1 and not (isinstance(stage, PolyStage) and stage.degree == 2 and stage.coefficients[2] == 1.0):
+            return 0
+    return len(stages) // 2

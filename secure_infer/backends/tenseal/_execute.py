@@ -397,12 +397,20 @@ def pack_latency(x: np.ndarray, period: int, slots: int, chunks: int = 1, block:
 
 
 class BatchPlan:
-    """CryptoNets packing: ciphertext j holds feature j of every input in the batch."""
+    """CryptoNets packing: ciphertext j holds feature j of every input in the batch.
 
-    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int) -> None:
+    ``weight_bits`` > 0 selects the square-chain schedule (see
+    ``choose_square_chain``): each affine stage's weights are encoded at
+    ``sqrt(prime / scale)`` and it shares the following square's rescale; the
+    last affine stage's weights are encoded at ``2^weight_bits`` and never
+    rescaled.
+    """
+
+    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0) -> None:
         self.compiled = compiled
         self.server = server
         self.slots = slots
+        self.weight_bits = weight_bits
 
     def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Evaluate on one ciphertext per input feature (one input per slot)."""
@@ -413,27 +421,33 @@ class BatchPlan:
         last = len(self.compiled.stages) - 1
         for i, stage in enumerate(self.compiled.stages):
             if isinstance(stage, AffineStage):
-                cts = self._run_affine(ops, stage, cts)
+                weight_scale = None
+                if self.weight_bits:
+                    weight_scale = (2.0 ** self.weight_bits if i == last
+                                    else math.sqrt(server.prime_at(cts[0].parms_id()) / cts[0].scale))
+                cts = self._run_affine(ops, stage, cts, weight_scale)
             else:
                 cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
         return cts
 
-    def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any]) -> list[Any]:
+    def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any], weight_scale: float | None) -> list[Any]:
+        """Weights at the next prime and one rescale (``weight_scale`` None), or at ``weight_scale`` unrescaled."""
         parms = cts[0].parms_id()
-        prime = ops.server.prime_at(parms)
+        scale = ops.server.prime_at(parms) if weight_scale is None else weight_scale
         out = []
         encoded: dict[float, Any] = {}
 
         def plain_of(weight: float) -> Any:
             if weight not in encoded:
-                encoded[weight] = ops.server.encode(weight, parms, prime)
+                encoded[weight] = ops.server.encode(weight, parms, scale)
             return encoded[weight]
 
         for row, bias in zip(stage.matrix, stage.bias, strict=True):
             acc = ops.dot((cts[j], plain_of(float(row[j]))) for j in np.flatnonzero(row))
             if acc is None:
-                acc = ops.mul_scalar_pending(cts[0], 0.0)
-            ops.rescale(acc)
+                acc = ops.dot([(cts[0], plain_of(0.0))])
+            if weight_scale is None:
+                ops.rescale(acc)
             ops.add_scalar(acc, float(bias))
             out.append(acc)
         return out

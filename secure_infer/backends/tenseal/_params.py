@@ -106,3 +106,32 @@ def choose(depth: int, *, max_abs_output: float, slots_needed: int, scale_bits: 
         f"no 128-bit-secure CKKS parameters fit depth {depth} with {slots_needed} slots; "
         "reduce the model's multiplicative depth (fewer layers, lower polynomial degree)"
     )
+
+
+def choose_square_chain(pairs: int, *, max_abs_output: float) -> tuple[CKKSParameters, int] | None:
+    """Fewer, larger primes for batch-mode square networks: ``affine (x^2 affine) x pairs``.
+
+    With scalar weights encoded at a modest scale ``2^w`` (rounding error
+    ``2^-(w+1)`` per weight), an affine layer and the square after it can
+    share one rescale by a prime of ``s + 2w`` bits, instead of one prime
+    each; the last affine layer is not rescaled at all. The CryptoNets-shaped
+    reference network then runs on 4 primes instead of 7: every operation
+    touches about half the data. Returns the parameters and ``w``, or None
+    when no such chain fits under 128-bit security (the caller falls back to
+    :func:`choose`).
+    """
+    if pairs < 1:
+        return None
+    headroom = max(1, math.ceil(math.log2(max(max_abs_output, 1.0) * 4)))
+    for n in RING_DEGREES:  # the smallest ring first: it decides the cost of every operation
+        for s, w in ((26, 17), (24, 17), (22, 17), (22, 16), (21, 16), (20, 16)):
+            merged = s + 2 * w
+            first = s + w + headroom + 1
+            if merged > 60 or first > 60:
+                continue
+            sizes = (first, *([merged] * pairs), max(first, merged))
+            if sum(sizes) <= max_bits_128(n):
+                params = CKKSParameters(n, sizes, s)
+                params.validate()
+                return params, w
+    return None
