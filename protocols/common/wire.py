@@ -39,7 +39,9 @@ type  name      direction  metadata (besides ``blobs``) and blobs
                            output_bound, poly_modulus_degree,
                            coeff_mod_bit_sizes, scale_bits, period,
                            rotation_steps (the Galois keys the server needs),
-                           chunks (latency: ciphertexts per input, usually 1)
+                           chunks, output_chunks (latency: ciphertexts per
+                           input and per output, usually 1), block, width
+                           (latency: the blocked input packing, 0 if periodic)
 3     KEYS      c -> s     ``{"format": "seal", "names": [...]}`` with blobs
                            named ``relin_keys`` and (latency mode)
                            ``galois_keys``, each SEAL-serialized (seeded form
@@ -53,8 +55,8 @@ type  name      direction  metadata (besides ``blobs``) and blobs
                            input, ``chunks`` of them (latency), or one per
                            input value (batch, one input per slot)
 7     RESULT    s -> c     ``{"id": int, "compute_s": float}``; blobs: output
-                           ciphertexts (1 in latency mode, one per output
-                           value in batch mode)
+                           ciphertexts (``output_chunks`` in latency mode, one
+                           per output value in batch mode)
 8     ERROR     s -> c     ``{"code": str, "message": str, "fatal": bool}``;
                            after a fatal error the server closes the connection
 9     BYE       c -> s     ``{}``; the server closes the connection

@@ -240,7 +240,7 @@ def test_the_first_layer_reads_a_cheaper_packing_and_agrees() -> None:
     enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
     layout = enc.program.published
     assert layout.block == 64 and 0 < layout.width < 64
-    first = enc.program.plan.affine[0][0]
+    first = enc.program.plan.affine[0][0][0]
     assert sum(len(b) for b in first.blocks) <= layout.width  # diagonals: the periodic packing needs 64
     assert Layout.from_json(layout.to_json()) == layout
     with torch.no_grad():
@@ -283,3 +283,23 @@ def test_square_chain_parameters_are_secure_and_smaller() -> None:
         general = choose(2 * pairs + 1, max_abs_output=100.0, slots_needed=1)
         assert len(params.coeff_mod_bit_sizes) < len(general.coeff_mod_bit_sizes)
     assert choose_square_chain(0, max_abs_output=1.0) is None
+
+
+def test_outputs_wider_than_a_ciphertext_are_split() -> None:
+    """5,000 outputs at N=8192 (4,096 slots): two output ciphertexts, and a hidden layer that wide is split too."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 6)
+    wide = nn.Linear(6, 5000).eval()
+    enc = si.wrap(wide, "tenseal", sample_input=x[:1], calibration=x, mode="latency",
+                  poly_modulus_degree=8192, coeff_mod_bit_sizes=[40, 30, 40])
+    layout = enc.program.published
+    assert layout.output_chunks == 2 and Layout.from_json(layout.to_json()) == layout
+    with torch.no_grad():
+        assert float((enc(x) - wide(x)).abs().max()) < 1e-3
+    assert enc.last_run.extra["ciphertexts_out"] == 2 * 3
+    hidden = nn.Sequential(nn.Linear(6, 5000), zoo.Square(), nn.Linear(5000, 4)).eval()
+    enc = si.wrap(hidden, "tenseal", sample_input=x[:1], calibration=x, mode="latency",
+                  poly_modulus_degree=8192, coeff_mod_bit_sizes=[40, 30, 30, 30, 40])
+    assert enc.program.published.output_chunks == 1 and len(enc.program.plan.affine[2][0]) == 2  # 2 input chunks
+    with torch.no_grad():
+        assert float((enc(x) - hidden(x)).abs().max()) < 1e-3

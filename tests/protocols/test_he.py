@@ -240,3 +240,16 @@ def test_server_and_client_with_an_input_split_across_ciphertexts() -> None:
             y = client.predict(x)
     with torch.no_grad():
         assert float((y - model(x)).abs().max()) < 1e-3
+
+
+def test_server_and_client_with_an_output_split_across_ciphertexts() -> None:
+    """20,000 outputs exceed the largest ring's 16,384 slots: two result ciphertexts per input."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 20000).eval()
+    x = torch.rand(2, 4)
+    with HEServer.from_model(model, x[:1], calibration=x) as server:
+        assert server.program.published.output_chunks == 2
+        with HEClient(server.address) as client:
+            y = client.predict(x)
+    with torch.no_grad():
+        assert y.shape == (2, 20000) and float((y - model(x)).abs().max()) < 1e-3

@@ -68,8 +68,6 @@ class TensealProgram(Program):
             self.params.validate()
             if self.params.depth < depth:
                 raise ParameterError(f"the program needs depth {depth}; coeff_mod_bit_sizes give {self.params.depth}")
-            if self.params.slots < slots_needed:
-                raise ParameterError(f"latency mode needs {slots_needed} slots; N={poly_modulus_degree} has {self.params.slots}")
         else:
             chain = None
             if mode == "batch" and scale_bits is None:
@@ -102,6 +100,7 @@ class TensealProgram(Program):
             period=self.plan.input_period if isinstance(self.plan, LatencyPlan) else 0,
             rotation_steps=tuple(s % slots for s in steps if s % slots),
             chunks=self.plan.chunks if isinstance(self.plan, LatencyPlan) else 1,
+            output_chunks=self.plan.output_chunks if isinstance(self.plan, LatencyPlan) else 1,
             block=self.plan.input_block if isinstance(self.plan, LatencyPlan) else 0,
             width=self.plan.input_width if isinstance(self.plan, LatencyPlan) else 0,
         )
@@ -137,7 +136,7 @@ class TensealProgram(Program):
         if isinstance(self.plan, LatencyPlan):
             if len(ciphertexts) != self.plan.chunks:
                 raise ParameterError(f"latency mode takes {self.plan.chunks} ciphertext(s) per request, got {len(ciphertexts)}")
-            return [self.plan.run(list(ciphertexts), server)]
+            return self.plan.run(list(ciphertexts), server)
         if len(ciphertexts) != self.compiled.input_size:
             raise ParameterError(f"batch mode takes {self.compiled.input_size} ciphertexts (one per input value), "
                                  f"got {len(ciphertexts)}")

@@ -41,6 +41,8 @@ class Layout:
         rotation_steps: latency mode: the Galois keys the server needs.
         chunks: latency mode: ciphertexts per input (more than 1 when the input is
             wider than one ciphertext; then ``period`` equals the slot count).
+        output_chunks: latency mode: output ciphertexts per input (more than 1 when
+            the output is wider than one ciphertext: ``slots`` values each).
         block, width: latency mode: 0 for the periodic packing (the padded input
             repeated across the slots), else the blocked packing: block ``t`` (of
             ``block`` slots) repeats input values ``t*width .. t*width+width-1``
@@ -56,6 +58,7 @@ class Layout:
     period: int = 0
     rotation_steps: tuple[int, ...] = ()
     chunks: int = 1
+    output_chunks: int = 1
     block: int = 0
     width: int = 0
 
@@ -74,7 +77,7 @@ class Layout:
             "poly_modulus_degree": self.params.poly_modulus_degree,
             "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes), "scale_bits": self.params.scale_bits,
             "period": self.period, "rotation_steps": list(self.rotation_steps), "chunks": self.chunks,
-            "block": self.block, "width": self.width,
+            "output_chunks": self.output_chunks, "block": self.block, "width": self.width,
         }
 
     @classmethod
@@ -108,6 +111,7 @@ class Layout:
                      input_range=(float(rng[0]), float(rng[1])), output_bound=number("output_bound"),
                      params=params, period=number("period", int), rotation_steps=ints("rotation_steps"),
                      chunks=number("chunks", int) if "chunks" in data else 1,
+                     output_chunks=number("output_chunks", int) if "output_chunks" in data else 1,
                      block=number("block", int) if "block" in data else 0,
                      width=number("width", int) if "width" in data else 0)
         if min(layout.input_shape, default=0) < 1 or layout.output_size < 1:
@@ -117,6 +121,8 @@ class Layout:
             raise ParameterError("layout.period: must be a power of two between the input size and the slot count")
         if layout.chunks < 1 or (layout.chunks > 1 and layout.period != layout.slots):
             raise ParameterError("layout.chunks: must be >= 1, and several chunks fill whole ciphertexts (period = slots)")
+        if mode == "latency" and layout.output_chunks != -(-layout.output_size // layout.slots):
+            raise ParameterError("layout.output_chunks: must be the output size over the slot count, rounded up")
         if layout.block or layout.width:
             try:
                 if layout.chunks != 1 or layout.width > layout.period:
@@ -220,9 +226,10 @@ class LayoutClient:
     def decrypt(self, outputs: list[Any], rows: int) -> np.ndarray:
         """Decrypt one unit's output ciphertexts into ``(rows, output_size)``."""
         if self.layout.mode == "latency":
-            if len(outputs) != 1:
-                raise ParameterError(f"expected 1 output ciphertext, got {len(outputs)}")
-            y = self.keys.decrypt(outputs[0])[None, : self.layout.output_size]
+            if len(outputs) != self.layout.output_chunks:
+                raise ParameterError(f"expected {self.layout.output_chunks} output ciphertext(s), got {len(outputs)}")
+            parts = [self.keys.decrypt(o)[: self.layout.slots] for o in outputs]  # chunks hold slots values each
+            y = np.concatenate(parts)[None, : self.layout.output_size]
         else:
             if len(outputs) != self.layout.output_size:
                 raise ParameterError(f"expected {self.layout.output_size} output ciphertexts, got {len(outputs)}")

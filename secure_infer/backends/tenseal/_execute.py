@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from secure_infer.backends.tenseal._compile import AffineStage, Compiled, PolyStage
+from secure_infer.backends.tenseal._params import RING_DEGREES
 from secure_infer.backends.tenseal._seal import ServerContext
 
 
@@ -167,45 +168,62 @@ def layout_index(period: int, block: int, width: int, slots: int) -> np.ndarray:
 
 
 class LatencyPlan:
-    """Diagonals encoded once per program, at the level each stage runs."""
+    """Diagonals encoded once per program, at the level each stage runs.
+
+    A vector wider than one ciphertext (the input, or any layer's output) is
+    split into chunks of ``slots`` values, one ciphertext each: an affine stage
+    sums one diagonal product per input chunk for each output chunk, and
+    polynomials act on every chunk.
+    """
 
     def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int) -> None:
         self.compiled = compiled
         self.slots = slots
-        # An input wider than one ciphertext is split into ``chunks`` ciphertexts of
-        # ``slots`` values each; the first affine stage sums one diagonal product per
-        # chunk (its columns split the same way), so every later vector fits in one.
-        self.chunks = 1 if pow2(compiled.input_size) <= slots else -(-compiled.input_size // slots)
+        self.chunks = self._chunks(compiled.input_size)
         self.input_period = min(pow2(compiled.input_size), slots)
         self.input_block = self.input_width = 0  # 0: the periodic packing; else see layout_index
         self.server = server
-        self.affine: dict[int, list[_LatencyAffine]] = {}
+        # per affine stage: per output chunk, per input chunk, one diagonal product
+        self.affine: dict[int, list[list[_LatencyAffine]]] = {}
         self.rotation_steps: set[int] = set()
         affine = [i for i, stage in enumerate(compiled.stages) if isinstance(stage, AffineStage)]
-        if self.chunks > 1 and not affine:
-            raise ValueError("an input wider than one ciphertext needs an affine layer to reduce it")
-        period = self.input_period
+        chunks, period = self.chunks, self.input_period
         for n, i in enumerate(affine):  # later stages first: the first one's packing weighs their keys
             stage = compiled.stages[i]
-            m_pad = pow2(stage.out_size)
+            out_chunks = self._chunks(stage.out_size)
             if n:
-                self.affine[i] = [self._plan_affine(stage, np.arange(slots) % period, min(m_pad, period),
-                                                    max(period, m_pad))]
-            period = m_pad
-        self.output_period = period
+                self.affine[i] = self._plan_chunked(stage, chunks, period, out_chunks)
+            chunks, period = out_chunks, min(pow2(stage.out_size), slots)
+        self.output_chunks, self.output_period = chunks, period
         if affine:
             self._plan_first(affine[0])
+
+    def _chunks(self, size: int) -> int:
+        return 1 if pow2(size) <= self.slots else -(-size // self.slots)
+
+    def _plan_chunked(self, stage: AffineStage, chunks: int, period: int, out_chunks: int) -> list[list[_LatencyAffine]]:
+        """Diagonal products for every (output chunk, input chunk) pair of ``stage``."""
+        slots = self.slots
+        m_pad = slots if out_chunks > 1 else pow2(stage.out_size)
+        width = slots if chunks > 1 else stage.in_size
+        plans = []
+        for r in range(out_chunks):
+            rows = slice(r * slots, (r + 1) * slots) if out_chunks > 1 else slice(None)
+            part = AffineStage(stage.matrix[rows], stage.bias[rows], stage.paths)
+            plans.append([self._plan_affine(AffineStage(_columns(part.matrix, c * width, width), part.bias, stage.paths),
+                                            np.arange(slots) % period, min(m_pad, period), max(period, m_pad), m_pad)
+                          for c in range(chunks)])
+        return plans
 
     def _plan_first(self, i: int) -> None:
         """The first affine stage reads the client's packing, which can be chosen freely: pick the cheapest."""
         stage, slots = self.compiled.stages[i], self.slots
         assert isinstance(stage, AffineStage)
-        m_pad = pow2(stage.out_size)
-        if self.chunks > 1:
-            self.affine[i] = [self._plan_affine(AffineStage(_columns(stage.matrix, c * slots, slots), stage.bias,
-                                                            stage.paths), np.arange(slots), m_pad, slots)
-                              for c in range(self.chunks)]
+        out_chunks = self._chunks(stage.out_size)
+        if self.chunks > 1 or out_chunks > 1:
+            self.affine[i] = self._plan_chunked(stage, self.chunks, self.input_period, out_chunks)
             return
+        m_pad = pow2(stage.out_size)
         n_pad = self.input_period
         best: tuple[float, int] | None = None
         span = max(n_pad, m_pad)
@@ -223,28 +241,29 @@ class LatencyPlan:
         width = n_pad * m_pad // span
         if span > max(n_pad, m_pad):  # otherwise the blocked packing is the periodic one
             self.input_block, self.input_width = m_pad, width
-        self.affine[i] = [self._plan_affine(stage, layout_index(n_pad, m_pad, width, slots), width, span)]
+        self.affine[i] = [[self._plan_affine(stage, layout_index(n_pad, m_pad, width, slots), width, span, m_pad)]]
 
     @staticmethod
     def periods_fit(compiled: Compiled) -> int:
-        """The largest padded vector that must fit in one ciphertext (must be <= slots).
+        """The slots that hold the program's widest vector in one ciphertext, up to the largest ring's.
 
         The input itself is not counted when an affine stage consumes it: a wide
-        input is split across several ciphertexts instead of forcing a larger ring.
+        input is split across several ciphertexts instead of forcing a larger
+        ring; so is any vector wider than the largest ring.
         """
         affine = [stage for stage in compiled.stages if isinstance(stage, AffineStage)]
         need = 1 if affine else pow2(compiled.input_size)
         for n, stage in enumerate(affine):
             need = max(need, pow2(stage.out_size), pow2(stage.in_size) if n else 1)
-        return need
+        return min(need, RING_DEGREES[-1] // 2)  # wider vectors are split across ciphertexts
 
-    def _plan_affine(self, stage: AffineStage, in_index: np.ndarray, diagonals: int, fold_to: int) -> _LatencyAffine:
+    def _plan_affine(self, stage: AffineStage, in_index: np.ndarray, diagonals: int, fold_to: int,
+                     m_pad: int) -> _LatencyAffine:
         """Generalized diagonals of ``stage`` for an input whose slot ``s`` holds value ``in_index[s]``.
 
         The output has period ``m_pad``; folds add the partial sums of the
         strides ``m_pad .. fold_to / 2``.
         """
-        m_pad = pow2(stage.out_size)
         padded = np.zeros((m_pad, max(int(in_index.max()) + 1, stage.in_size)))
         padded[: stage.out_size, : stage.in_size] = stage.matrix
         giant = _giant(diagonals)
@@ -282,16 +301,17 @@ class LatencyPlan:
             if i in self.affine:
                 parms = server.parms_id_after(level)
                 scale = server.prime_at(parms)
-                for plan in self.affine[i]:
-                    plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
+                for row in self.affine[i]:
+                    for plan in row:
+                        plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
                 level += 1
             else:
                 from secure_infer.backends.tenseal._compile import stage_depth
 
                 level += stage_depth(stage, i == len(self.compiled.stages) - 1)
 
-    def run(self, cts: list[Any], server: ServerContext | None = None) -> Any:
-        """Evaluate one input (``chunks`` packed ciphertexts) with ``server``'s keys; one ciphertext out.
+    def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
+        """Evaluate one input (``chunks`` packed ciphertexts) with ``server``'s keys; ``output_chunks`` out.
 
         The diagonals were encoded once; plaintexts depend only on the CKKS
         parameters, so one encoding serves every client's keys.
@@ -302,10 +322,10 @@ class LatencyPlan:
         last = len(self.compiled.stages) - 1
         for i, stage in enumerate(self.compiled.stages):
             if isinstance(stage, AffineStage):
-                cts = [self._run_affine(ops, self.affine[i], cts)]
+                cts = [self._run_affine(ops, row, cts) for row in self.affine[i]]
             else:
                 cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
-        return cts[0]
+        return cts
 
     def _server(self) -> ServerContext:
         if self.server is None:
@@ -322,13 +342,15 @@ class LatencyPlan:
         """
         result = None
         for plan, ct in zip(plans, cts, strict=True):
-            if len(plans) > 1 and not any(plan.blocks):
+            if not any(plan.blocks):
                 continue  # a chunk whose columns are all zero contributes nothing
             part = self._diagonal_product(ops, plan, ct)
             if result is None:
                 result = part
             else:
                 ops.ev.add_inplace(result, part)
+        if result is None:  # an all-zero matrix
+            result = ops.mul_scalar_pending(cts[0], 0.0)
         plan = plans[0]
         for step in plan.fold_steps:
             rotated = ops.new()
@@ -359,8 +381,7 @@ class LatencyPlan:
                     ev.add_inplace(result, inner)
             else:
                 result = inner
-        if result is None:  # an all-zero matrix
-            result = ops.mul_scalar_pending(ct, 0.0)
+        assert result is not None  # the caller skips all-zero matrices
         return result
 
     def pack(self, x: np.ndarray) -> list[np.ndarray]:
