@@ -253,3 +253,15 @@ def test_server_and_client_with_an_output_split_across_ciphertexts() -> None:
             y = client.predict(x)
     with torch.no_grad():
         assert y.shape == (2, 20000) and float((y - model(x)).abs().max()) < 1e-3
+
+
+def test_batch_mode_square_chain_over_the_network(trained_zoo, digits) -> None:
+    """The square-chain schedule (fewer, larger primes) serves remote clients like any program."""
+    model = trained_zoo["cryptonets"].model
+    with HEServer.from_model(model, digits.x_train[:1], calibration=digits.x_train, mode="batch") as server:
+        assert server.program.weight_bits > 0 and server.program.params.depth == 2
+        with HEClient(server.address) as client:
+            y = client.predict(digits.x_test[:30])
+    with torch.no_grad():
+        ref = model(digits.x_test[:30])
+    assert torch.equal(y.argmax(1), ref.argmax(1)) and float((y - ref).abs().max()) < 0.1

@@ -169,6 +169,22 @@ class TensealProgram(Program):
         )
         return torch.from_numpy(y).float()
 
+    def _packing(self) -> str:
+        if not isinstance(self.plan, LatencyPlan):
+            return "CryptoNets: ciphertext j holds feature j of up to slots inputs"
+        plan, out = self.plan, []
+        if plan.chunks > 1:
+            out.append(f"input split into {plan.chunks} ciphertexts")
+        elif plan.input_block:
+            out.append(f"input blocked (blocks of {plan.input_block} slots, {plan.input_width} values each)")
+        else:
+            out.append(f"input repeated with period {plan.input_period}")
+        diagonals = [sum(len(b) for row in plan.affine[i] for p in row for b in p.blocks) for i in sorted(plan.affine)]
+        out.append(f"diagonals per affine stage {diagonals}")
+        if plan.output_chunks > 1:
+            out.append(f"output split into {plan.output_chunks} ciphertexts")
+        return "; ".join(out)
+
     def _slots_used(self, rows: int) -> int:
         if not isinstance(self.plan, LatencyPlan):
             return min(rows, self.params.slots)
@@ -192,7 +208,8 @@ class TensealProgram(Program):
             "depth": f"{self.levels_used} used of {self.params.depth}" + (
                 f" (square chain: each affine layer shares its square's rescale, weights at 2^{self.weight_bits}"
                 " or finer)" if self.weight_bits else ""),
-            "threat model": "semi-honest server; it sees the public context and ciphertexts only",
+            "packing": self._packing(),
+            "threat model": "semi-honest server; it sees evaluation keys (relinearization, Galois) and ciphertexts only",
         }
 
 
