@@ -32,8 +32,11 @@ def reference():
 @pytest.fixture(scope="module")
 def wrapped(reference):
     model, x = reference
-    return {mode: si.wrap(model, "tenseal", sample_input=x[:1], mode=mode, calibration=x[:256])
-            for mode in ("latency", "batch")}
+    out = {mode: si.wrap(model, "tenseal", sample_input=x[:1], mode=mode, calibration=x[:256])
+           for mode in ("latency", "batch")}
+    # both cores: each layer's rows split across two processes
+    out["batch-2-workers"] = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=x[:256], workers=2)
+    return out
 
 
 def test_plaintext_one_image(benchmark, reference) -> None:
@@ -75,9 +78,10 @@ def test_plaintext_full_batch(benchmark, reference) -> None:
         benchmark(model, x)
 
 
-def test_secure_infer_batch(benchmark, reference, wrapped) -> None:
+@pytest.mark.parametrize("variant", ["batch", "batch-2-workers"])
+def test_secure_infer_batch(benchmark, reference, wrapped, variant) -> None:
     model, x = reference
-    enc = wrapped["batch"]
+    enc = wrapped[variant]
     benchmark.group = f"tenseal reference28 batch of {SLOTS}"
     y = benchmark.pedantic(enc, args=(x,), rounds=1, warmup_rounds=0)
     run = enc.last_run

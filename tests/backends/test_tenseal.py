@@ -303,3 +303,43 @@ def test_outputs_wider_than_a_ciphertext_are_split() -> None:
     assert enc.program.published.output_chunks == 1 and len(enc.program.plan.affine[2][0]) == 2  # 2 input chunks
     with torch.no_grad():
         assert float((enc(x) - hidden(x)).abs().max()) < 1e-3
+
+
+def test_batch_workers_split_rows_across_processes_and_agree() -> None:
+    model = _square_net()
+    x = torch.rand(20, 1, 8, 8)
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=x, workers=2)
+    assert enc.program.plan.workers == 2
+    with torch.no_grad():
+        assert float((enc(x) - model(x)).abs().max()) < 1e-2
+    with pytest.raises(si.ParameterError, match="batch"):
+        si.wrap(model, "tenseal", sample_input=x[:1], mode="latency", workers=2)
+    with pytest.raises(si.ParameterError, match="positive integer"):
+        si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", workers=0)
+
+
+def test_a_failed_batch_worker_costs_time_not_answers() -> None:
+    import os
+
+    from secure_infer.backends.tenseal._execute import BatchPlan
+    from secure_infer.backends.tenseal._seal import ClientKeys, ServerContext
+
+    params = CKKSParameters(4096, (38, 30, 40), 30)
+    keys = ClientKeys(params, ())
+    server = ServerContext(params, None)
+    server.load_keys(keys.public_blobs, ())
+    cts = [keys.encrypt(np.full(params.slots, float(v))) for v in range(6)]
+    plan = BatchPlan(None, server, params.slots, workers=2)  # type: ignore[arg-type]
+    # a healthy worker's rows come back through files, in row order
+    out = plan._split_rows(lambda lo, hi: cts[lo:hi], 6, server)
+    assert [round(float(keys.decrypt(c)[0])) for c in out] == list(range(6))
+    parent = os.getpid()
+
+    def dies_in_the_child(lo: int, hi: int) -> list:
+        if os.getpid() != parent:
+            os._exit(3)
+        return cts[lo:hi]
+
+    with pytest.warns(RuntimeWarning, match="failed"):
+        out = plan._split_rows(dies_in_the_child, 6, server)
+    assert [round(float(keys.decrypt(c)[0])) for c in out] == list(range(6))

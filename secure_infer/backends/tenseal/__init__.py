@@ -29,7 +29,7 @@ from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin"}
+            "margin", "workers"}
 
 
 class TensealProgram(Program):
@@ -38,9 +38,10 @@ class TensealProgram(Program):
     def __init__(self, graph: Graph, sample_input: torch.Tensor, *, mode: str = "latency",
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
-                 scale_bits: int | None = None, margin: float = 0.1) -> None:
+                 scale_bits: int | None = None, margin: float = 0.1, workers: int = 1) -> None:
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {MODES}, got {mode!r}")
+        _check_workers(workers, mode)
         calib = sample_input if calibration is None else calibration
         if not isinstance(calib, torch.Tensor) or tuple(calib.shape[1:]) != tuple(graph.input_shape[1:]):
             raise ParameterError(f"calibration must be a tensor shaped (n, {', '.join(map(str, graph.input_shape[1:]))})")
@@ -92,7 +93,7 @@ class TensealProgram(Program):
             self.plan: LatencyPlan | BatchPlan = LatencyPlan(self.compiled, None, slots)
             steps = tuple(sorted(self.plan.rotation_steps))
         else:
-            self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits)
+            self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits, workers)
             steps = ()
         self.published = Layout(
             mode=mode, input_shape=tuple(graph.input_shape[1:]), output_size=self.compiled.output_size,
@@ -211,6 +212,17 @@ class TensealProgram(Program):
             "packing": self._packing(),
             "threat model": "semi-honest server; it sees evaluation keys (relinearization, Galois) and ciphertexts only",
         }
+
+
+def _check_workers(workers: int, mode: str) -> None:
+    import os
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ParameterError(f"workers must be a positive integer, got {workers!r}")
+    if workers > 1 and mode != "batch":
+        raise ParameterError("workers > 1 applies to mode='batch' (latency mode evaluates one input at a time)")
+    if workers > 1 and not hasattr(os, "fork"):
+        raise ParameterError("workers > 1 needs os.fork (Linux or macOS); use workers=1 here")
 
 
 def output_bound_for(compiled: Compiled, low: float, high: float) -> float:

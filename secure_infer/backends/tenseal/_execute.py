@@ -425,13 +425,22 @@ class BatchPlan:
     ``sqrt(prime / scale)`` and it shares the following square's rescale; the
     last affine stage's weights are encoded at ``2^weight_bits`` and never
     rescaled.
+
+    ``workers`` > 1 splits each affine stage's output rows (and the activation
+    after it) across that many processes: ``workers - 1`` forked children
+    compute their rows and hand the ciphertexts back through files in
+    ``/dev/shm``. SEAL holds Python's lock for every operation, so processes
+    are the only way to use a second core. Fork only from a single-threaded
+    program (the threaded HE server evaluates with one worker).
     """
 
-    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0) -> None:
+    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0,
+                 workers: int = 1) -> None:
         self.compiled = compiled
         self.server = server
         self.slots = slots
         self.weight_bits = weight_bits
+        self.workers = workers
 
     def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Evaluate on one ciphertext per input feature (one input per slot)."""
@@ -439,36 +448,113 @@ class BatchPlan:
         if server is None:
             raise RuntimeError("the plan has no server context")
         ops = _Ops(server)
-        last = len(self.compiled.stages) - 1
-        for i, stage in enumerate(self.compiled.stages):
-            if isinstance(stage, AffineStage):
-                weight_scale = None
-                if self.weight_bits:
-                    weight_scale = (2.0 ** self.weight_bits if i == last
-                                    else math.sqrt(server.prime_at(cts[0].parms_id()) / cts[0].scale))
-                cts = self._run_affine(ops, stage, cts, weight_scale)
-            else:
+        stages = self.compiled.stages
+        last = len(stages) - 1
+        i = 0
+        while i <= last:
+            stage = stages[i]
+            if not isinstance(stage, AffineStage):
                 cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
+                i += 1
+                continue
+            weight_scale = None
+            if self.weight_bits:
+                weight_scale = (2.0 ** self.weight_bits if i == last
+                                else math.sqrt(server.prime_at(cts[0].parms_id()) / cts[0].scale))
+            after = stages[i + 1] if i < last else None
+            poly = after if isinstance(after, PolyStage) else None
+
+            def rows(lo: int, hi: int, stage: AffineStage = stage, inputs: list[Any] = cts,
+                     weight_scale: float | None = weight_scale, poly: PolyStage | None = poly,
+                     poly_last: bool = i + 1 == last) -> list[Any]:
+                out = self._run_affine(ops, stage, inputs, weight_scale, range(lo, hi))
+                return [ops.polynomial(ct, poly, poly_last) for ct in out] if poly is not None else out
+
+            cts = self._split_rows(rows, stage.out_size, server)
+            i += 2 if poly is not None else 1
         return cts
 
-    def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any], weight_scale: float | None) -> list[Any]:
-        """Weights at the next prime and one rescale (``weight_scale`` None), or at ``weight_scale`` unrescaled."""
+    def _split_rows(self, compute: Any, n: int, server: ServerContext) -> list[Any]:
+        """``compute(lo, hi)`` for rows ``0..n``, over ``workers`` processes; results in row order.
+
+        A worker that fails has its rows recomputed here, so a crash costs
+        time, never a wrong or missing answer.
+        """
+        import os
+        import shutil
+        import signal
+        import tempfile
+        import warnings
+
+        workers = min(self.workers, n)
+        if workers <= 1:
+            return compute(0, n)
+        bounds = [n * w // workers for w in range(workers + 1)]
+        tmp = tempfile.mkdtemp(prefix="secure-infer-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        children: dict[int, int] = {}
+        try:
+            for w in range(1, workers):
+                pid = os.fork()
+                if pid == 0:  # the child: its rows to files, then leave without unwinding the caller's stack
+                    code = 1
+                    try:
+                        for k, ct in enumerate(compute(bounds[w], bounds[w + 1])):
+                            ct.save(os.path.join(tmp, str(bounds[w] + k)))
+                        code = 0
+                    finally:
+                        os._exit(code)
+                children[w] = pid
+            out = compute(bounds[0], bounds[1])
+            for w in range(1, workers):
+                _, status = os.waitpid(children.pop(w), 0)
+                lo, hi = bounds[w], bounds[w + 1]
+                if os.waitstatus_to_exitcode(status) != 0:
+                    warnings.warn(f"batch worker {w} failed (exit status {status}); computing its rows here",
+                                  RuntimeWarning, stacklevel=2)
+                    out += compute(lo, hi)
+                    continue
+                for r in range(lo, hi):
+                    ct = _seal().Ciphertext()
+                    ct.load(server.context, os.path.join(tmp, str(r)))
+                    out.append(ct)
+            return out
+        finally:
+            for pid in children.values():  # only if this process failed midway
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any], weight_scale: float | None,
+                    rows: range) -> list[Any]:
+        """Output ``rows`` of ``stage``: weights at the next prime and one rescale (``weight_scale`` None),
+        or at ``weight_scale`` unrescaled."""
         parms = cts[0].parms_id()
         scale = ops.server.prime_at(parms) if weight_scale is None else weight_scale
+        ev, encode = ops.ev, ops.server.encode
+        block = stage.matrix[rows.start : rows.stop]
+        accs: list[Any] = [None] * len(rows)
+        term = ops.new()
+        # Column by column: each input ciphertext is read from memory once and stays in
+        # cache while it is added into every row that uses it (row by row streams all
+        # inputs once per row). Scalar plaintexts are cheap to encode and large to keep.
+        for j in np.flatnonzero(block.any(axis=0)):
+            ct, column = cts[j], block[:, j]
+            for k in np.flatnonzero(column):
+                plain = encode(float(column[k]), parms, scale)
+                if accs[k] is None:
+                    accs[k] = ops.new()
+                    ev.multiply_plain(ct, plain, accs[k])
+                else:
+                    ev.multiply_plain(ct, plain, term)
+                    ev.add_inplace(accs[k], term)
         out = []
-        encoded: dict[float, Any] = {}
-
-        def plain_of(weight: float) -> Any:
-            if weight not in encoded:
-                encoded[weight] = ops.server.encode(weight, parms, scale)
-            return encoded[weight]
-
-        for row, bias in zip(stage.matrix, stage.bias, strict=True):
-            acc = ops.dot((cts[j], plain_of(float(row[j]))) for j in np.flatnonzero(row))
-            if acc is None:
-                acc = ops.dot([(cts[0], plain_of(0.0))])
+        for k, r in enumerate(rows):
+            acc = accs[k]
+            if acc is None:  # an all-zero row
+                acc = ops.new()
+                ev.multiply_plain(cts[0], encode(0.0, parms, scale), acc)
             if weight_scale is None:
                 ops.rescale(acc)
-            ops.add_scalar(acc, float(bias))
+            ops.add_scalar(acc, float(stage.bias[r]))
             out.append(acc)
         return out
