@@ -34,6 +34,9 @@ def wrapped(reference):
     model, x = reference
     out = {mode: si.wrap(model, "tenseal", sample_input=x[:1], mode=mode, calibration=x[:256])
            for mode in ("latency", "batch")}
+    # fewer, larger primes: each affine layer shares its square's rescale (weights at 2^15)
+    out["latency-square-chain"] = si.wrap(model, "tenseal", sample_input=x[:1], mode="latency", calibration=x[:256],
+                                          schedule="square-chain")
     # both cores: each layer's rows split across two processes
     out["batch-2-workers"] = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=x[:256], workers=2)
     return out
@@ -56,9 +59,10 @@ def test_tenseal_handwritten_one_image(benchmark, reference) -> None:
     benchmark.extra_info["max_abs_error"] = float((out - model(x[:1]).detach()[0]).abs().max())
 
 
-def test_secure_infer_latency_one_image(benchmark, reference, wrapped) -> None:
+@pytest.mark.parametrize("variant", ["latency", "latency-square-chain"])
+def test_secure_infer_latency_one_image(benchmark, reference, wrapped, variant) -> None:
     model, x = reference
-    enc = wrapped["latency"]
+    enc = wrapped[variant]
     benchmark.group = "tenseal reference28 one image"
     y = benchmark.pedantic(enc, args=(x[:1],), rounds=5, warmup_rounds=1)
     run = enc.last_run

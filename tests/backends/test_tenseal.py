@@ -343,3 +343,31 @@ def test_a_failed_batch_worker_costs_time_not_answers() -> None:
     with pytest.warns(RuntimeWarning, match="failed"):
         out = plan._split_rows(dies_in_the_child, 6, server)
     assert [round(float(keys.decrypt(c)[0])) for c in out] == list(range(6))
+
+
+def test_latency_square_chain_is_faster_with_smaller_keys_and_agrees() -> None:
+    model = _square_net()
+    x = torch.rand(6, 1, 8, 8)
+    precise = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    chain = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency", schedule="square-chain")
+    assert chain.program.weight_bits > 0 and chain.program.params.depth < precise.program.params.depth
+    assert len(chain.program.params.coeff_mod_bit_sizes) < len(precise.program.params.coeff_mod_bit_sizes)
+    with torch.no_grad():
+        plain = model(x)
+        assert float((chain(x) - plain).abs().max()) < 1e-2
+    assert sum(chain.program.key_bytes.values()) < sum(precise.program.key_bytes.values())
+    assert "square chain" in chain.program.describe()["depth"]
+
+
+def test_schedule_choices_are_checked() -> None:
+    x = torch.rand(2, 4)
+    with pytest.raises(si.ParameterError, match="schedule must be one of"):
+        si.wrap(nn.Linear(4, 2), "tenseal", sample_input=x, schedule="fast")
+    cubic = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).eval()  # Tanh: a degree-3 polynomial
+    with pytest.raises(si.ParameterError, match="x\\*\\*2"):
+        si.wrap(cubic, "tenseal", sample_input=x, calibration=x, schedule="square-chain")
+    with pytest.raises(si.ParameterError, match="chooses its own primes"):
+        si.wrap(_square_net(), "tenseal", sample_input=torch.rand(1, 1, 8, 8), schedule="square-chain", scale_bits=30)
+    # batch mode falls back to one prime per level where the chain does not apply
+    enc = si.wrap(cubic, "tenseal", sample_input=x, calibration=x, mode="batch")
+    assert enc.program.weight_bits == 0

@@ -29,7 +29,8 @@ from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin", "workers"}
+            "margin", "workers", "schedule"}
+SCHEDULES = ("levels", "square-chain")
 
 
 class TensealProgram(Program):
@@ -38,16 +39,27 @@ class TensealProgram(Program):
     def __init__(self, graph: Graph, sample_input: torch.Tensor, *, mode: str = "latency",
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
-                 scale_bits: int | None = None, margin: float = 0.1, workers: int = 1) -> None:
+                 scale_bits: int | None = None, margin: float = 0.1, workers: int = 1,
+                 schedule: str | None = None) -> None:
+        """``schedule``: ``"levels"`` (one prime per multiplication: most precise) or ``"square-chain"``
+        (each affine layer shares the next square's prime: fewer primes, faster, smaller keys, weights
+        encoded at 2^15-2^17). Default: the square chain in batch mode, where weights are scalars and
+        lose nothing measurable, levels in latency mode, where weights are vectors and CKKS encodes
+        them less exactly (on the digits CNN: max logit error 0.35 instead of 0.03)."""
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {MODES}, got {mode!r}")
+        if schedule not in (None, *SCHEDULES):
+            raise ParameterError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if schedule == "square-chain" and (coeff_mod_bit_sizes is not None or scale_bits is not None):
+            raise ParameterError("schedule='square-chain' chooses its own primes and scales: drop "
+                                 "coeff_mod_bit_sizes/scale_bits, or use schedule='levels'")
         _check_workers(workers, mode)
         calib = sample_input if calibration is None else calibration
         if not isinstance(calib, torch.Tensor) or tuple(calib.shape[1:]) != tuple(graph.input_shape[1:]):
             raise ParameterError(f"calibration must be a tensor shaped (n, {', '.join(map(str, graph.input_shape[1:]))})")
         self.mode = mode
         self.graph = graph
-        self.weight_bits = 0  # > 0: batch mode's square-chain schedule (see choose_square_chain)
+        self.weight_bits = 0  # > 0: the square-chain schedule (see choose_square_chain)
         self.compiled: Compiled = compile_graph(graph, calib.float(), degree=poly_degree, margin=margin)
         with torch.no_grad():
             calib_out = self.compiled.approximated.run(calib.float())
@@ -71,8 +83,16 @@ class TensealProgram(Program):
                 raise ParameterError(f"the program needs depth {depth}; coeff_mod_bit_sizes give {self.params.depth}")
         else:
             chain = None
-            if mode == "batch" and scale_bits is None:
-                chain = choose_square_chain(square_chain(self.compiled), max_abs_output=max_out)
+            if (schedule or ("square-chain" if mode == "batch" else "levels")) == "square-chain" and scale_bits is None:
+                # latency mode's vector weights want more precision: a larger input scale, weights at 2^15
+                candidates = ((24, 15), (23, 15), (22, 15), (22, 14)) if mode == "latency" else None
+                chain = choose_square_chain(square_chain(self.compiled), max_abs_output=max_out,
+                                            slots_needed=slots_needed, candidates=candidates)
+            if chain is None and schedule == "square-chain":
+                raise ParameterError(
+                    "schedule='square-chain' needs a model of affine layers and x**2 activations "
+                    "(affine, x**2, affine, ...) whose outputs fit the parameters, and no scale_bits; "
+                    "use schedule='levels'")
             if chain is not None:
                 self.params, self.weight_bits = chain
                 self.levels_used = self.params.depth
@@ -90,7 +110,8 @@ class TensealProgram(Program):
         slots = self.params.slots
         started = time.perf_counter()
         if mode == "latency":
-            self.plan: LatencyPlan | BatchPlan = LatencyPlan(self.compiled, None, slots)
+            self.plan: LatencyPlan | BatchPlan = LatencyPlan(self.compiled, None, slots, self.weight_bits,
+                                                             len(self.params.coeff_mod_bit_sizes) - 1)
             steps = tuple(sorted(self.plan.rotation_steps))
         else:
             self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits, workers)

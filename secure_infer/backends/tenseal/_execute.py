@@ -176,9 +176,12 @@ class LatencyPlan:
     polynomials act on every chunk.
     """
 
-    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int) -> None:
+    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0,
+                 data_primes: int = 0) -> None:
         self.compiled = compiled
         self.slots = slots
+        self.weight_bits = weight_bits  # > 0: the square-chain schedule, as in BatchPlan
+        self.data_primes = data_primes  # for the cost model: a key switch gets cheaper as primes are used up
         self.chunks = self._chunks(compiled.input_size)
         self.input_period = min(pow2(compiled.input_size), slots)
         self.input_block = self.input_width = 0  # 0: the periodic packing; else see layout_index
@@ -187,19 +190,63 @@ class LatencyPlan:
         self.affine: dict[int, list[list[_LatencyAffine]]] = {}
         self.rotation_steps: set[int] = set()
         affine = [i for i, stage in enumerate(compiled.stages) if isinstance(stage, AffineStage)]
+        levels = self.levels()
         chunks, period = self.chunks, self.input_period
         for n, i in enumerate(affine):  # later stages first: the first one's packing weighs their keys
             stage = compiled.stages[i]
             out_chunks = self._chunks(stage.out_size)
-            if n:
+            out_period = min(pow2(stage.out_size), slots)
+            if n and n == len(affine) - 1 and chunks == out_chunks == 1:
+                self.affine[i] = self._plan_last(stage, period, levels[i])
+                out_period = self.affine[i][0][0].m_pad
+            elif n:
                 self.affine[i] = self._plan_chunked(stage, chunks, period, out_chunks)
-            chunks, period = out_chunks, min(pow2(stage.out_size), slots)
+            chunks, period = out_chunks, out_period
         self.output_chunks, self.output_period = chunks, period
         if affine:
             self._plan_first(affine[0])
 
     def _chunks(self, size: int) -> int:
         return 1 if pow2(size) <= self.slots else -(-size // self.slots)
+
+    def levels(self) -> dict[int, int]:
+        """Rescales done before each stage runs (the level its plaintexts are encoded at)."""
+        from secure_infer.backends.tenseal._compile import stage_depth
+
+        out, level, last = {}, 0, len(self.compiled.stages) - 1
+        for i, stage in enumerate(self.compiled.stages):
+            out[i] = level
+            if isinstance(stage, AffineStage):
+                level += 0 if self.weight_bits else 1  # a square chain shares the next square's rescale
+            else:
+                level += stage_depth(stage, i == last)
+        return out
+
+    def _costs(self, level: int) -> tuple[float, float]:
+        """(key switch, plaintext multiply-add) at ``level``, in top-level multiply-adds."""
+        primes = self.data_primes
+        if not primes:
+            return ROTATION_VS_MULTIPLY, 1.0
+        left = max(primes - level, 1)
+        return ROTATION_VS_MULTIPLY * left * (left + 1) / (primes * (primes + 1)), left / primes
+
+    def _plan_last(self, stage: AffineStage, period: int, level: int) -> list[list[_LatencyAffine]]:
+        """The last stage's output layout is free: padding it to a longer period needs more
+        diagonals but fewer folds and rotation keys; pick the cheapest, a new key costing one
+        top-level rotation."""
+        rotation, multiply = self._costs(level)
+        m_pad = pow2(stage.out_size)
+        best: tuple[float, int] | None = None
+        m = m_pad
+        while m <= max(period, m_pad):
+            rotations, keys = _steps(min(m, period), m, max(period, m))
+            cost = rotations * rotation + min(m, period) * multiply + len(keys - self.rotation_steps) * ROTATION_VS_MULTIPLY
+            if best is None or cost < best[0]:
+                best = (cost, m)
+            m *= 2
+        assert best is not None
+        m = best[1]
+        return [[self._plan_affine(stage, np.arange(self.slots) % period, min(m, period), max(period, m), m)]]
 
     def _plan_chunked(self, stage: AffineStage, chunks: int, period: int, out_chunks: int) -> list[list[_LatencyAffine]]:
         """Diagonal products for every (output chunk, input chunk) pair of ``stage``."""
@@ -296,19 +343,16 @@ class LatencyPlan:
     def encode_weights(self, server: ServerContext) -> None:
         """Turn the diagonals into plaintexts at each stage's level (server side)."""
         self.server = server
-        level = 0
-        for i, stage in enumerate(self.compiled.stages):
+        last = len(self.compiled.stages) - 1
+        for i, level in self.levels().items():
             if i in self.affine:
                 parms = server.parms_id_after(level)
                 scale = server.prime_at(parms)
+                if self.weight_bits:  # the input scale is 2^scale_bits before every stage of a square chain
+                    scale = 2.0 ** self.weight_bits if i == last else math.sqrt(scale / 2.0 ** server.params.scale_bits)
                 for row in self.affine[i]:
                     for plan in row:
                         plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
-                level += 1
-            else:
-                from secure_infer.backends.tenseal._compile import stage_depth
-
-                level += stage_depth(stage, i == len(self.compiled.stages) - 1)
 
     def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Evaluate one input (``chunks`` packed ciphertexts) with ``server``'s keys; ``output_chunks`` out.
@@ -356,7 +400,8 @@ class LatencyPlan:
             rotated = ops.new()
             ops.ev.rotate_vector(result, step, ops.server.public.galois_keys, rotated)
             ops.ev.add_inplace(result, rotated)
-        ops.rescale(result)
+        if not self.weight_bits:  # a square chain leaves the rescale to the square that follows
+            ops.rescale(result)
         scale = result.scale
         if scale not in plan.bias_cache:
             bias = np.zeros(plan.m_pad)

@@ -108,7 +108,8 @@ def choose(depth: int, *, max_abs_output: float, slots_needed: int, scale_bits: 
     )
 
 
-def choose_square_chain(pairs: int, *, max_abs_output: float) -> tuple[CKKSParameters, int] | None:
+def choose_square_chain(pairs: int, *, max_abs_output: float, slots_needed: int = 1,
+                        candidates: tuple[tuple[int, int], ...] | None = None) -> tuple[CKKSParameters, int] | None:
     """Fewer, larger primes for batch-mode square networks: ``affine (x^2 affine) x pairs``.
 
     With scalar weights encoded at a modest scale ``2^w`` (rounding error
@@ -124,7 +125,9 @@ def choose_square_chain(pairs: int, *, max_abs_output: float) -> tuple[CKKSParam
         return None
     headroom = max(1, math.ceil(math.log2(max(max_abs_output, 1.0) * 4)))
     for n in RING_DEGREES:  # the smallest ring first: it decides the cost of every operation
-        for s, w in ((26, 17), (24, 17), (22, 17), (22, 16), (21, 16), (20, 16)):
+        if n // 2 < slots_needed:
+            continue
+        for s, w in candidates or ((26, 17), (24, 17), (22, 17), (22, 16), (21, 16), (20, 16)):
             merged = s + 2 * w
             first = s + w + headroom + 1
             if merged > 60 or first > 60:
