@@ -30,14 +30,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
         "executions": ["plaintext-cpu", "plaintext-gpu", "raw-crypten-2p", "crypten-2p", "tenseal-handwritten",
-                       "tenseal-latency", "tenseal-batch"],
+                       "tenseal-latency", "tenseal-latency-chain", "tenseal-batch"],
         "batches": [1, 16],
         "repeats": 2,
     },
     "full": {
         "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
         "executions": ["plaintext-cpu", "plaintext-gpu", "raw-crypten-2p", "crypten-2p", "crypten-3p",
-                       "crypten-gpu", "tenseal-handwritten", "tenseal-latency", "tenseal-batch"],
+                       "crypten-gpu", "tenseal-handwritten", "tenseal-latency", "tenseal-latency-chain",
+                       "tenseal-batch", "tenseal-batch-2w"],
         "batches": [1, 16, 64, "slots"],
         "repeats": 5,
     },
@@ -102,7 +103,9 @@ def _time(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> tuple[
 
 
 # Cells whose single call takes seconds and has no warm-up effect worth waiting for.
-_SLOW = {"tenseal-batch", "tenseal-handwritten"}
+_SLOW = {"tenseal-batch", "tenseal-batch-2w", "tenseal-handwritten"}
+# tenseal-latency-chain: schedule="square-chain"; tenseal-batch-2w: workers=2 (both cores)
+_TENSEAL_VARIANTS = {"chain": {"schedule": "square-chain"}, "2w": {"workers": 2}}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -132,18 +135,24 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
                     "CrypTen on CUDA is not implemented in secure-infer yet" if torch.cuda.is_available()
                     else "no CUDA device on this machine")
     elif backend == "tenseal":
-        options["mode"] = execution.split("-")[1]
+        parts = execution.split("-")
+        options["mode"] = parts[1]
         options["calibration"] = data.x_train[:256]
+        for part in parts[2:]:
+            options.update(_TENSEAL_VARIANTS[part])
     report = si.check(z.model, backend, sample_input=data.x_test[:1])
     if not report.ok:
         return Cell(model_name, execution, batch, "not run", str(report.problems[0]).split(". ")[0])
-    with si.wrap(z.model, backend, sample_input=data.x_test[:1], **options) as enc:
-        if batch == "slots":
-            if execution != "tenseal-batch":
-                return Cell(model_name, execution, batch, "not run", "the full-slot batch applies to tenseal-batch only")
-            size = enc.program.params.slots
-        else:
-            size = int(batch)
+    if batch == "slots" and not execution.startswith("tenseal-batch"):
+        return Cell(model_name, execution, batch, "not run", "the full-slot batch applies to tenseal-batch only")
+    try:
+        enc = si.wrap(z.model, backend, sample_input=data.x_test[:1], **options)
+    except si.ParameterError as exc:
+        if "schedule" not in options:
+            raise
+        return Cell(model_name, execution, batch, "not run", str(exc).split(";")[0])
+    with enc:
+        size = enc.program.params.slots if batch == "slots" else int(batch)
         x = _inputs(data, size)
         reps = 1 if size > 64 or execution in _SLOW else repeats
         samples, y = _time(lambda: enc(x), reps, warmup=execution not in _SLOW)
@@ -434,6 +443,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         f"{report['dataset']}; seed {env['seed']}; CPU {env['cpu']} ({env['cpu_count']} cores, "
         f"torch threads {env['torch_threads']}); CUDA: {env['cuda']}; versions: "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        "",
+        "Executions: `tenseal-latency` one input per ciphertext (schedule \"levels\"), `-chain` with "
+        "schedule=\"square-chain\"; `tenseal-batch` one input per slot, `-2w` with workers=2 (both cores); "
+        "`raw-crypten-2p` and `tenseal-handwritten` are the libraries used by hand.",
         "",
         "| model | execution | batch | ms/input | inputs/s | x plaintext CPU | argmax agree | max abs err | bytes/input | rounds | key MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -15,7 +15,8 @@ from secure_infer import bench
 def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(bench.PRESETS, "tiny", {
         "models": ["logreg"],
-        "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-2p", "tenseal-latency", "tenseal-batch"],
+        "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-2p", "tenseal-latency", "tenseal-latency-chain",
+                       "tenseal-batch", "tenseal-batch-2w"],
         "batches": [1, 4],
         "repeats": 1,
         "widths": [8, 32],
@@ -24,7 +25,7 @@ def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pyte
     })
     report = bench.run_matrix("tiny")
     cells = report["cells"]
-    assert len(cells) == 10  # nothing silently dropped
+    assert len(cells) == 14  # nothing silently dropped
     for c in cells:
         assert c["status"] in ("measured", "not run")
         if c["status"] == "not run":
@@ -35,8 +36,11 @@ def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pyte
     assert all(c["overhead_vs_cpu"] == 1.0 for c in cpu)
     mpc = [c for c in cells if c["execution"] == "crypten-2p"]
     assert all(c["overhead_vs_cpu"] > 1 and c["rounds"] > 0 and c["bytes_per_input"] > 0 for c in mpc)
-    he = [c for c in cells if c["execution"].startswith("tenseal")]
+    he = [c for c in cells if c["execution"].startswith("tenseal") and c["status"] == "measured"]
     assert all(c["key_bytes"] > 0 and c["ciphertext_bytes_in"] > 0 for c in he)
+    assert {c["execution"] for c in he} == {"tenseal-latency", "tenseal-batch", "tenseal-batch-2w"}
+    chain = [c for c in cells if c["execution"] == "tenseal-latency-chain"]
+    assert all(c["status"] == "not run" and "x**2" in c["reason"] for c in chain)  # logreg has no square
     env = report["environment"]
     assert env["seed"] == 0 and env["versions"]["torch"].startswith("2.13") and env["cpu_count"] >= 1
 
