@@ -37,13 +37,14 @@ def model_from_arg(model: str, dataset: str | None, seed: int, train: Any) -> tu
 
 
 def serve(console: Console, z: zoo.ZooModel, data: datasets.Dataset, *, host: str, port: int, mode: str,
-          max_frame_mb: int, idle_timeout: float) -> None:
+          max_frame_mb: int, idle_timeout: float, schedule: str | None = None) -> None:
     """Compile ``z`` for CKKS and serve it until interrupted."""
     from protocols.he import HEServer
 
     console.print(f"compiling {z.name} for CKKS ({mode} mode), calibrated on {len(data.x_train)} training inputs...")
     server = HEServer.from_model(z.model, data.x_train[:1], calibration=data.x_train, mode=mode, name=z.name,
-                                 host=host, port=port, max_frame=max_frame_mb << 20, idle_timeout=idle_timeout)
+                                 host=host, port=port, max_frame=max_frame_mb << 20, idle_timeout=idle_timeout,
+                                 schedule=schedule)
     console.print(server.report)
     layout = server.program.published
     bound_host, bound_port = server.address

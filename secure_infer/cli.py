@@ -293,6 +293,9 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port (0 picks a free one)")] = 8750,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     mode: Annotated[str, typer.Option(help="latency (one input per ciphertext) or batch (one per slot)")] = "latency",
+    schedule: Annotated[str | None, typer.Option(
+        help="levels (most precise) or square-chain (fewer primes: faster, smaller keys; x**2 models only); "
+             "default: square-chain in batch mode, levels in latency mode")] = None,
     dataset: Annotated[str | None, typer.Option(help="calibration data (default: the model file's, else digits)")] = None,
     max_frame_mb: Annotated[int, typer.Option(help="largest frame accepted, MiB")] = 256,
     idle_timeout: Annotated[float, typer.Option(help="seconds a client may stay silent")] = 60.0,
@@ -307,7 +310,7 @@ def serve(
 
     z, data = _cli_parties.model_from_arg(model, dataset, seed, train)
     _cli_parties.serve(console, z, data, host=host, port=port, mode=mode, max_frame_mb=max_frame_mb,
-                       idle_timeout=idle_timeout)
+                       idle_timeout=idle_timeout, schedule=schedule)
 
 
 @app.command()

@@ -265,3 +265,14 @@ def test_batch_mode_square_chain_over_the_network(trained_zoo, digits) -> None:
     with torch.no_grad():
         ref = model(digits.x_test[:30])
     assert torch.equal(y.argmax(1), ref.argmax(1)) and float((y - ref).abs().max()) < 0.1
+
+
+def test_latency_square_chain_over_the_network(trained_zoo, digits) -> None:
+    model = trained_zoo["cryptonets"].model
+    with HEServer.from_model(model, digits.x_train[:1], calibration=digits.x_train, schedule="square-chain") as server:
+        assert server.program.weight_bits > 0
+        with HEClient(server.address) as client:
+            y = client.predict(digits.x_test[:5])
+    with torch.no_grad():
+        ref = model(digits.x_test[:5])
+    assert torch.equal(y.argmax(1), ref.argmax(1)) and float((y - ref).abs().max()) < 1.0  # logits up to ~90
