@@ -230,29 +230,19 @@ def test_fuzzed_frames_never_crash_or_hang_the_server(served, digits) -> None:
         assert client.predict(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
-def test_server_and_client_with_an_input_split_across_ciphertexts() -> None:
+# 5,000 inputs: 3 ciphertexts at N=4096; 20,000 outputs exceed the largest ring's 16,384 slots: 2 results
+@pytest.mark.parametrize(("width_in", "width_out", "field", "count"),
+                         [(5000, 3, "chunks", 3), (4, 20000, "output_chunks", 2)], ids=["wide-input", "wide-output"])
+def test_server_and_client_with_vectors_split_across_ciphertexts(width_in, width_out, field, count) -> None:
     torch.manual_seed(0)
-    model = torch.nn.Linear(5000, 3).eval()
-    x = torch.rand(3, 5000)
+    model = torch.nn.Linear(width_in, width_out).eval()
+    x = torch.rand(3, width_in)
     with HEServer.from_model(model, x[:1], calibration=x) as server:
-        assert server.program.published.chunks == 3
+        assert getattr(server.program.published, field) == count
         with HEClient(server.address) as client:
             y = client.predict(x)
     with torch.no_grad():
-        assert float((y - model(x)).abs().max()) < 1e-3
-
-
-def test_server_and_client_with_an_output_split_across_ciphertexts() -> None:
-    """20,000 outputs exceed the largest ring's 16,384 slots: two result ciphertexts per input."""
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 20000).eval()
-    x = torch.rand(2, 4)
-    with HEServer.from_model(model, x[:1], calibration=x) as server:
-        assert server.program.published.output_chunks == 2
-        with HEClient(server.address) as client:
-            y = client.predict(x)
-    with torch.no_grad():
-        assert y.shape == (2, 20000) and float((y - model(x)).abs().max()) < 1e-3
+        assert y.shape == (3, width_out) and float((y - model(x)).abs().max()) < 1e-3
 
 
 def test_batch_mode_square_chain_over_the_network(trained_zoo, digits) -> None:
