@@ -211,8 +211,8 @@ class TensealProgram(Program):
     def _slots_used(self, rows: int) -> int:
         if not isinstance(self.plan, LatencyPlan):
             return min(rows, self.params.slots)
-        if self.plan.input_block:  # the blocked packing: each value once per block of its span
-            return self.params.slots * self.plan.input_width // self.plan.input_block
+        if self.plan.input_block:  # the blocked packing: every slot of a span does distinct work
+            return self.plan.input_period * self.plan.input_block // self.plan.input_width
         return self.plan.input_period * self.plan.chunks
 
     def layout(self) -> dict[str, Any]:
