@@ -143,8 +143,7 @@ class RunTotals:
     requests: int = 0
     ciphertexts_in: int = 0
     ciphertexts_out: int = 0
-    sample_in: Any = None  # one input and one output ciphertext, for sizes
-    sample_out: Any = None
+    sample_out: Any = None  # one output ciphertext, for its size (inputs: ClientKeys.wire_size)
 
 
 class LayoutClient:
@@ -219,8 +218,8 @@ class LayoutClient:
             totals.requests += 1
             totals.ciphertexts_in += len(cts)
             totals.ciphertexts_out += len(outs)
-            if totals.sample_in is None:
-                totals.sample_in, totals.sample_out = cts[0], outs[0]
+            if totals.sample_out is None:
+                totals.sample_out = outs[0]
         return np.concatenate(outputs), totals
 
     def decrypt(self, outputs: list[Any], rows: int) -> np.ndarray:
