@@ -23,7 +23,11 @@ instead of 32 and 256).
 SIMD packing): affine stages are scalar multiply-adds, no rotations at all.
 
 Every plaintext factor is encoded at a scale equal to the prime the following
-rescale removes, so ciphertext scales stay put across affine stages.
+rescale removes, so ciphertext scales stay put across affine stages. In the
+square-chain schedule (``weight_bits`` > 0, see ``choose_square_chain``) an
+affine stage's factors are encoded at ``sqrt(prime / scale)`` instead and the
+square after it does the one rescale for both. A vector wider than one
+ciphertext is split into chunks of ``slots`` values in either mode.
 """
 
 from __future__ import annotations
