@@ -519,15 +519,19 @@ class BatchPlan:
                 out = self._run_affine(ops, stage, inputs, weight_scale, range(lo, hi))
                 return [ops.polynomial(ct, poly, poly_last) for ct in out] if poly is not None else out
 
-            cts = self._split_rows(rows, stage.out_size, server)
+            # bytes of one uncompressed ciphertext at this level: outputs are never larger
+            size = cts[0].size() * cts[0].coeff_modulus_size() * cts[0].poly_modulus_degree() * 8
+            cts = self._split_rows(rows, stage.out_size, server, size)
             i += 2 if poly is not None else 1
         return cts
 
-    def _split_rows(self, compute: Any, n: int, server: ServerContext) -> list[Any]:
+    def _split_rows(self, compute: Any, n: int, server: ServerContext, ciphertext_bytes: int = 0) -> list[Any]:
         """``compute(lo, hi)`` for rows ``0..n``, over ``workers`` processes; results in row order.
 
         A worker that fails has its rows recomputed here, so a crash costs
-        time, never a wrong or missing answer.
+        time, never a wrong or missing answer. Results go through ``/dev/shm``
+        when it has room for them (containers often give it 64 MB), else
+        through the temporary directory.
         """
         import os
         import shutil
@@ -539,7 +543,10 @@ class BatchPlan:
         if workers <= 1:
             return compute(0, n)
         bounds = [n * w // workers for w in range(workers + 1)]
-        tmp = tempfile.mkdtemp(prefix="secure-infer-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        if shm and shutil.disk_usage(shm).free < 2 * n * ciphertext_bytes:
+            shm = None
+        tmp = tempfile.mkdtemp(prefix="secure-infer-", dir=shm)
         children: dict[int, int] = {}
         try:
             for w in range(1, workers):
