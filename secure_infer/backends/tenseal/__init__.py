@@ -120,12 +120,8 @@ class TensealProgram(Program):
         self.published = Layout(
             mode=mode, input_shape=tuple(graph.input_shape[1:]), output_size=self.compiled.output_size,
             input_range=self.input_range, output_bound=self.output_bound, params=self.params,
-            period=self.plan.input_period if isinstance(self.plan, LatencyPlan) else 0,
             rotation_steps=tuple(s % slots for s in steps if s % slots),
-            chunks=self.plan.chunks if isinstance(self.plan, LatencyPlan) else 1,
-            output_chunks=self.plan.output_chunks if isinstance(self.plan, LatencyPlan) else 1,
-            block=self.plan.input_block if isinstance(self.plan, LatencyPlan) else 0,
-            width=self.plan.input_width if isinstance(self.plan, LatencyPlan) else 0,
+            **(self.plan.layout_fields() if isinstance(self.plan, LatencyPlan) else {}),
         )
         # client side: keys; only public material crosses to the server object
         self.client: LayoutClient | None = LayoutClient(self.published)

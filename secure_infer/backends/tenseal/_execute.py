@@ -33,6 +33,11 @@ ciphertext is split into chunks of ``slots`` values in either mode.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import signal
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +161,20 @@ def _steps(diagonals: int, m_pad: int, fold_to: int) -> tuple[int, set[int]]:
     return (giant - 1) + (giants - 1) + len(folds), keys
 
 
+def weight_scale(server: ServerContext, parms_id: Any, input_scale: float, weight_bits: int, last: bool) -> float:
+    """The scale an affine stage's plaintext factors are encoded at.
+
+    One prime per multiplication (``weight_bits`` 0): the prime the following
+    rescale removes. Square chain: ``sqrt(prime / input_scale)``, so that the
+    square's single rescale restores ``input_scale``; the last stage, never
+    rescaled, at ``2^weight_bits``.
+    """
+    prime = server.prime_at(parms_id)
+    if not weight_bits:
+        return prime
+    return 2.0 ** weight_bits if last else math.sqrt(prime / input_scale)
+
+
 def layout_index(period: int, block: int, width: int, slots: int) -> np.ndarray:
     """The input value each slot holds in the blocked packing.
 
@@ -234,22 +253,18 @@ class LatencyPlan:
         left = max(primes - level, 1)
         return ROTATION_VS_MULTIPLY * left * (left + 1) / (primes * (primes + 1)), left / primes
 
+    def _cost(self, diagonals: int, m_pad: int, fold_to: int, level: int) -> float:
+        """Time of one diagonal product at ``level``, plus one top-level rotation per new rotation key."""
+        rotation, multiply = self._costs(level)
+        rotations, keys = _steps(diagonals, m_pad, fold_to)
+        return rotations * rotation + diagonals * multiply + len(keys - self.rotation_steps) * ROTATION_VS_MULTIPLY
+
     def _plan_last(self, stage: AffineStage, period: int, level: int) -> list[list[_LatencyAffine]]:
         """The last stage's output layout is free: padding it to a longer period needs more
-        diagonals but fewer folds and rotation keys; pick the cheapest, a new key costing one
-        top-level rotation."""
-        rotation, multiply = self._costs(level)
+        diagonals but fewer folds and rotation keys; pick the cheapest."""
         m_pad = pow2(stage.out_size)
-        best: tuple[float, int] | None = None
-        m = m_pad
-        while m <= max(period, m_pad):
-            rotations, keys = _steps(min(m, period), m, max(period, m))
-            cost = rotations * rotation + min(m, period) * multiply + len(keys - self.rotation_steps) * ROTATION_VS_MULTIPLY
-            if best is None or cost < best[0]:
-                best = (cost, m)
-            m *= 2
-        assert best is not None
-        m = best[1]
+        candidates = [m_pad << j for j in range(int(math.log2(max(period, m_pad) // m_pad)) + 1)]
+        m = min(candidates, key=lambda m: self._cost(min(m, period), m, max(period, m), level))
         return [[self._plan_affine(stage, np.arange(self.slots) % period, min(m, period), max(period, m), m)]]
 
     def _plan_chunked(self, stage: AffineStage, chunks: int, period: int, out_chunks: int) -> list[list[_LatencyAffine]]:
@@ -274,21 +289,11 @@ class LatencyPlan:
         if self.chunks > 1 or out_chunks > 1:
             self.affine[i] = self._plan_chunked(stage, self.chunks, self.input_period, out_chunks)
             return
-        m_pad = pow2(stage.out_size)
-        n_pad = self.input_period
-        best: tuple[float, int] | None = None
-        span = max(n_pad, m_pad)
-        while span <= slots:
-            width = n_pad * m_pad // span
-            if width < 1:
-                break
-            rotations, keys = _steps(width, m_pad, span)
-            cost = (rotations + len(keys - self.rotation_steps)) * ROTATION_VS_MULTIPLY + width
-            if best is None or cost < best[0]:
-                best = (cost, span)
-            span *= 2
-        assert best is not None
-        span = best[1]
+        m_pad, n_pad = pow2(stage.out_size), self.input_period
+        level = self.levels()[i]
+        spans = [s for s in (max(n_pad, m_pad) << j for j in range(int(math.log2(slots)) + 1))
+                 if s <= slots and n_pad * m_pad >= s]
+        span = min(spans, key=lambda s: self._cost(n_pad * m_pad // s, m_pad, s, level))
         width = n_pad * m_pad // span
         if span > max(n_pad, m_pad):  # otherwise the blocked packing is the periodic one
             self.input_block, self.input_width = m_pad, width
@@ -351,9 +356,8 @@ class LatencyPlan:
         for i, level in self.levels().items():
             if i in self.affine:
                 parms = server.parms_id_after(level)
-                scale = server.prime_at(parms)
-                if self.weight_bits:  # the input scale is 2^scale_bits before every stage of a square chain
-                    scale = 2.0 ** self.weight_bits if i == last else math.sqrt(scale / 2.0 ** server.params.scale_bits)
+                # in a square chain the input scale is 2^scale_bits before every affine stage
+                scale = weight_scale(server, parms, 2.0 ** server.params.scale_bits, self.weight_bits, i == last)
                 for row in self.affine[i]:
                     for plan in row:
                         plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
@@ -433,6 +437,11 @@ class LatencyPlan:
         assert result is not None  # the caller skips all-zero matrices
         return result
 
+    def layout_fields(self) -> dict[str, int]:
+        """The packing the client must use, as :class:`~._client.Layout` fields (widths only, no weight)."""
+        return {"period": self.input_period, "chunks": self.chunks, "output_chunks": self.output_chunks,
+                "block": self.input_block, "width": self.input_width}
+
     def pack(self, x: np.ndarray) -> list[np.ndarray]:
         return pack_latency(x, self.input_period, self.slots, self.chunks, self.input_block, self.input_width)
 
@@ -506,17 +515,13 @@ class BatchPlan:
                 cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
                 i += 1
                 continue
-            weight_scale = None
-            if self.weight_bits:
-                weight_scale = (2.0 ** self.weight_bits if i == last
-                                else math.sqrt(server.prime_at(cts[0].parms_id()) / cts[0].scale))
+            scale = weight_scale(server, cts[0].parms_id(), cts[0].scale, self.weight_bits, i == last)
             after = stages[i + 1] if i < last else None
             poly = after if isinstance(after, PolyStage) else None
 
-            def rows(lo: int, hi: int, stage: AffineStage = stage, inputs: list[Any] = cts,
-                     weight_scale: float | None = weight_scale, poly: PolyStage | None = poly,
-                     poly_last: bool = i + 1 == last) -> list[Any]:
-                out = self._run_affine(ops, stage, inputs, weight_scale, range(lo, hi))
+            def rows(lo: int, hi: int, stage: AffineStage = stage, inputs: list[Any] = cts, scale: float = scale,
+                     poly: PolyStage | None = poly, poly_last: bool = i + 1 == last) -> list[Any]:
+                out = self._run_affine(ops, stage, inputs, scale, range(lo, hi))
                 return [ops.polynomial(ct, poly, poly_last) for ct in out] if poly is not None else out
 
             # bytes of one uncompressed ciphertext at this level: outputs are never larger
@@ -533,12 +538,6 @@ class BatchPlan:
         when it has room for them (containers often give it 64 MB), else
         through the temporary directory.
         """
-        import os
-        import shutil
-        import signal
-        import tempfile
-        import warnings
-
         workers = min(self.workers, n)
         if workers <= 1:
             return compute(0, n)
@@ -580,12 +579,9 @@ class BatchPlan:
                 os.waitpid(pid, 0)
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any], weight_scale: float | None,
-                    rows: range) -> list[Any]:
-        """Output ``rows`` of ``stage``: weights at the next prime and one rescale (``weight_scale`` None),
-        or at ``weight_scale`` unrescaled."""
+    def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any], scale: float, rows: range) -> list[Any]:
+        """Output ``rows`` of ``stage``, weights encoded at ``scale``; rescaled unless in a square chain."""
         parms = cts[0].parms_id()
-        scale = ops.server.prime_at(parms) if weight_scale is None else weight_scale
         ev, encode = ops.ev, ops.server.encode
         block = stage.matrix[rows.start : rows.stop]
         accs: list[Any] = [None] * len(rows)
@@ -609,7 +605,7 @@ class BatchPlan:
             if acc is None:  # an all-zero row
                 acc = ops.new()
                 ev.multiply_plain(cts[0], encode(0.0, parms, scale), acc)
-            if weight_scale is None:
+            if not self.weight_bits:
                 ops.rescale(acc)
             ops.add_scalar(acc, float(stage.bias[r]))
             out.append(acc)
