@@ -39,6 +39,8 @@ class Report:
         lines.append(f"  {'layer'.ljust(width)}  {'type':<14} {'how':<13} detail")
         for c in self.conversions:
             err = f" (max abs error on sample {c.max_abs_error:.2e})" if c.max_abs_error is not None else ""
+            if c.bound is not None:
+                err += f" (worst case over accepted inputs <= {c.bound:.2e})"
             lines.append(f"  {c.path.ljust(width)}  {c.layer:<14} {c.kind:<13} {c.detail}{err}")
         if self.sample_max_abs_error is not None:
             lines.append(f"  whole model: max abs error vs plaintext on sample_input = {self.sample_max_abs_error:.3e}")
@@ -80,10 +82,21 @@ class CheckReport:
 
 
 def _validate_input(x: Any, graph: Graph, where: str) -> torch.Tensor:
+    """Check one call's input at the boundary; return it ready for the program (one-hot encoded when
+    the model takes token indices)."""
     if not isinstance(x, torch.Tensor):
         raise ParameterError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+    if graph.one_hot and not x.is_floating_point() and x.dtype != torch.bool:
+        expected = graph.input_shape[1:-1]
+        if x.dim() != len(graph.input_shape) - 1 or tuple(x.shape[1:]) != tuple(expected):
+            raise ParameterError(f"{where}: expected token indices shaped (batch, {', '.join(map(str, expected))}), "
+                                 f"got {tuple(x.shape)}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= graph.one_hot):
+            raise ParameterError(f"{where}: token indices must lie in [0, {graph.one_hot})")
+        return graph.prepare(x)
     if not x.is_floating_point():
-        raise ParameterError(f"{where}: expected a float tensor, got dtype {x.dtype}; convert with x.float()")
+        kind = "token indices (integers)" if graph.one_hot else "a float tensor"
+        raise ParameterError(f"{where}: expected {kind}, got dtype {x.dtype}; convert with x.float()")
     expected = graph.input_shape[1:]
     if x.dim() != len(graph.input_shape) or tuple(x.shape[1:]) != tuple(expected):
         raise ParameterError(
@@ -114,11 +127,20 @@ class EncryptedModel:
         self._sample_error = sample_error
 
     def __call__(self, x: torch.Tensor, *, compare: bool = False) -> torch.Tensor:
-        """Run encrypted; with ``compare=True`` also record max abs error vs plaintext."""
+        """Run encrypted; with ``compare=True`` also record max abs error vs plaintext.
+
+        The program computes the model's core; a trailing softmax, log-softmax,
+        sigmoid or argmax (the epilogue, listed in ``report()``) runs here, where
+        the result is decrypted. The error is measured on the core's output.
+        """
+        return self.graph.finish(self.logits(x, compare=compare))
+
+    def logits(self, x: torch.Tensor, *, compare: bool = False) -> torch.Tensor:
+        """The encrypted program's output, before the client-side epilogue."""
         x = _validate_input(x, self.graph, "input")
         y = self.program(x)
         if compare and self.program.last_run is not None:
-            err = float((y - self.reference.run(x)).abs().max())
+            err = float((y - self.reference.run_core(x)).abs().max())
             self.program.last_run = dataclasses.replace(self.program.last_run, max_abs_error=err)
         return y
 
@@ -139,7 +161,7 @@ class EncryptedModel:
         outputs, seconds, sent, rounds = [], 0.0, 0, 0
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
-            outputs.append(self(chunk))
+            outputs.append(self.logits(chunk))
             run = self.program.last_run
             assert run is not None
             seconds += run.wall_s
@@ -148,7 +170,7 @@ class EncryptedModel:
             if on_batch is not None:
                 on_batch(len(chunk))
         encrypted = torch.cat(outputs)
-        plain = self.reference.run(_validate_input(x, self.graph, "x"))
+        plain = self.reference.run_core(_validate_input(x, self.graph, "x"))
         n = len(x)
         return Evaluation(
             n=n,
@@ -224,28 +246,21 @@ def wrap(model: nn.Module, backend: str = "crypten", *, sample_input: torch.Tens
     """
     graph, original = _front_end(model, sample_input, rewrites)
     impl = get_backend(backend)
-    conversions = list(graph.conversions) + impl.conversions(graph)
     program = impl.compile(graph, sample_input, **options)
-    conversions = getattr(program, "conversions", None) or conversions
+    conversions = program.conversions or (list(graph.conversions) + impl.conversions(graph))
     try:
         sample = _validate_input(sample_input, graph, "sample_input")
-        approx_nodes = {n.name: n for n in graph.nodes if n.op == "module"
+        approx_nodes = {n.name: n for n in graph.nodes if n.module is not None
                         and any(c.path == n.path and c.kind == "approximated" for c in conversions)}
-        run_with_reveal = getattr(program, "run", None)
-        if run_with_reveal is not None:
-            y, revealed = run_with_reveal(sample, frozenset(approx_nodes))
-        else:
-            y, revealed = program(sample), {}
+        y, revealed = program.run(sample, frozenset(approx_nodes))
         reference = graph.evaluate(sample)
-        sample_error = float((y - original.run(sample)).abs().max())
+        sample_error = float((y - original.run_core(sample)).abs().max())
         measured = {approx_nodes[name].path: float((value - reference[name]).abs().max())
                     for name, value in revealed.items()}
         conversions = [
-            Conversion(c.path, c.layer, c.kind, c.detail, measured.get(c.path, c.max_abs_error))
-            for c in conversions
+            dataclasses.replace(c, max_abs_error=measured.get(c.path, c.max_abs_error)) for c in conversions
         ]
     except BaseException:
         program.close()
         raise
     return EncryptedModel(backend, graph, program, conversions, sample_error, original)
-

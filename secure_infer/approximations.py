@@ -11,45 +11,18 @@ fine-tuned (HE-aware training) with :func:`polynomial_model`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from secure_infer._errors import ParameterError
+from secure_infer.layers import PolyActivation
 
 __all__ = ["APPROXIMABLE", "PolyActivation", "fit", "polynomial_model"]
 
 APPROXIMABLE: dict[type[nn.Module], int] = {nn.ReLU: 2, nn.Sigmoid: 3, nn.Tanh: 3, nn.GELU: 2, nn.SiLU: 2}
 """Activations with a polynomial replacement, and their default degree."""
-
-
-class PolyActivation(nn.Module):
-    """Element-wise polynomial ``sum(c[i] * x**i)``; exact under CKKS.
-
-    ``coefficients`` are lowest degree first. ``source`` names what it replaces.
-    """
-
-    def __init__(self, coefficients: Sequence[float], source: str = "", interval: tuple[float, float] = (0.0, 0.0)) -> None:
-        super().__init__()
-        self.coefficients = nn.Parameter(torch.tensor([float(c) for c in coefficients]))
-        self.source = source
-        self.interval = interval
-
-    @property
-    def degree(self) -> int:
-        return len(self.coefficients) - 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x) + self.coefficients[-1]
-        for c in reversed(self.coefficients[:-1]):
-            out = out * x + c
-        return out
-
-    def extra_repr(self) -> str:
-        coeffs = ", ".join(f"{float(c):.4g}" for c in self.coefficients)
-        return f"[{coeffs}] for {self.source} on [{self.interval[0]:.3g}, {self.interval[1]:.3g}]"
 
 
 def fit(activation: nn.Module, low: float, high: float, degree: int) -> PolyActivation:
@@ -80,7 +53,7 @@ def polynomial_model(model: nn.Module, sample_input: torch.Tensor, *, degree: in
     graph = trace(model, sample_input)
     values = graph.evaluate(sample_input)
     for node in graph.nodes:
-        if node.op == "module" and type(node.module) in APPROXIMABLE:
+        if node.module is not None and type(node.module) in APPROXIMABLE:
             x = values[node.inputs[0]]
             lo, hi = float(x.min()), float(x.max())
             pad = margin * max(hi - lo, 1e-3)

@@ -26,36 +26,34 @@ from torch import nn
 
 from secure_infer._errors import ParameterError
 from secure_infer.datasets import Dataset
-from secure_infer.graph import Conversion, Graph, GraphModule, Node, trace
+from secure_infer.graph import Conversion, Graph, GraphModule, trace
+from secure_infer.layers import AvgPool, MaxPool
 
 __all__ = ["AVAILABLE", "RewriteResult", "apply", "fine_tune", "rewrite_model"]
-
-
-def _is(node: Node, *types: type[nn.Module]) -> bool:
-    return node.op == "module" and isinstance(node.module, types)
 
 
 def _maxpool_to_avgpool(graph: Graph) -> list[Conversion]:
     changes = []
     for node in graph.nodes:
-        if _is(node, nn.MaxPool2d):
+        if node.op == "max_pool":
             mp = node.module
-            assert isinstance(mp, nn.MaxPool2d)
-            if mp.dilation not in (1, (1, 1)):
-                continue  # AvgPool2d has no dilation: leave this one as it is
-            node.module = nn.AvgPool2d(mp.kernel_size, mp.stride, mp.padding, ceil_mode=mp.ceil_mode)
-            changes.append(Conversion(node.path, "MaxPool2d", "replaced",
-                                      "maxpool-to-avgpool: AvgPool2d of the same window (no comparisons)"))
+            assert isinstance(mp, MaxPool)
+            if any(d != 1 for d in mp.dilation):
+                continue  # average pooling has no dilation: leave this one as it is
+            node.op = "avg_pool"
+            node.module = AvgPool(mp.dims, mp.kernel_size, mp.stride, mp.padding, ceil_mode=mp.ceil_mode)
+            changes.append(Conversion(node.path, "MaxPool", "replaced",
+                                      "maxpool-to-avgpool: average pooling of the same window (no comparisons)"))
     return changes
 
 
 def _pool_before_relu(graph: Graph) -> list[Conversion]:
     changes = []
     for pool in list(graph.nodes):
-        if not _is(pool, nn.MaxPool2d, nn.AvgPool2d):
+        if pool.op not in ("max_pool", "avg_pool"):
             continue
         relu = graph.node(pool.inputs[0])
-        if not _is(relu, nn.ReLU) or len(graph.users(relu.name)) != 1:
+        if relu.op != "relu" or len(graph.users(relu.name)) != 1:
             continue
         # relu(x) -> pool  ==>  pool(x) -> relu ; users of pool now read relu
         for user in graph.users(pool.name):
@@ -64,10 +62,10 @@ def _pool_before_relu(graph: Graph) -> list[Conversion]:
         relu.shape = pool.shape
         i, j = graph.nodes.index(relu), graph.nodes.index(pool)
         graph.nodes[i], graph.nodes[j] = graph.nodes[j], graph.nodes[i]
-        exact = isinstance(pool.module, nn.MaxPool2d)
+        exact = pool.op == "max_pool"
         changes.append(Conversion(
             relu.path, "ReLU", "reordered" if exact else "replaced",
-            f"pool-before-relu: ReLU moved after {type(pool.module).__name__} {pool.path}"
+            f"pool-before-relu: ReLU moved after {pool.type_name} {pool.path}"
             + (" (exact: max and ReLU commute)" if exact else " (not exact for average pooling)"),
         ))
     return changes

@@ -7,6 +7,7 @@ from torch import nn
 import secure_infer as si
 from secure_infer import rewrites
 from secure_infer.graph import GraphModule, trace
+from secure_infer.layers import AvgPool, MaxPool
 
 
 def test_pool_before_relu_is_exact_for_maxpool(trained_zoo, digits) -> None:
@@ -18,7 +19,7 @@ def test_pool_before_relu_is_exact_for_maxpool(trained_zoo, digits) -> None:
     assert torch.allclose(result.model(x), model(x), atol=1e-6)
     # ReLUs now follow the pools
     kinds = [type(n.module).__name__ for n in result.model.graph.nodes if n.module is not None]
-    assert kinds[:3] == ["Conv2d", "MaxPool2d", "ReLU"]
+    assert kinds[:3] == ["Conv2d", "MaxPool", "ReLU"]
 
 
 def test_maxpool_to_avgpool_is_reported_and_fine_tunable(trained_zoo, digits) -> None:
@@ -26,7 +27,8 @@ def test_maxpool_to_avgpool_is_reported_and_fine_tunable(trained_zoo, digits) ->
     result = rewrites.rewrite_model(model, digits.x_test[:1], ["maxpool-to-avgpool"])
     assert {c.kind for c in result.changes} == {"replaced"}
     assert all(c.max_abs_error is not None and c.max_abs_error > 0 for c in result.changes)
-    assert not any(isinstance(m, nn.MaxPool2d) for m in result.model.modules())
+    assert not any(isinstance(m, MaxPool) for m in result.model.modules())
+    assert any(isinstance(m, AvgPool) for m in result.model.modules())
     before = si.zoo.accuracy(result.model, digits.x_test, digits.y_test)
     rewrites.fine_tune(result.model, digits, epochs=10)
     after = si.zoo.accuracy(result.model, digits.x_test, digits.y_test)

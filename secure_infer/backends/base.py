@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
-from torch import nn
 
 from secure_infer._errors import UnsupportedModelError
-from secure_infer.graph import Conversion, Graph, Node
+from secure_infer.ir import Conversion, Graph, Node
 
 Rule = TypeVar("Rule")
 
@@ -52,12 +51,24 @@ class RunStats:
 
 
 class Program(ABC):
-    """A compiled model: call it on plaintext inputs, get plaintext outputs back."""
+    """A compiled model: call it on plaintext inputs, get plaintext outputs back.
+
+    A program computes the graph's core (no epilogue): ``wrap`` applies the
+    epilogue where the result is decrypted. ``conversions`` says how each layer
+    was carried out; a backend that measures or bounds approximations sets it
+    with those figures, otherwise it is the registry's description.
+    """
 
     last_run: RunStats | None = None
+    conversions: list[Conversion] | None = None
 
     @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def run(self, x: torch.Tensor, reveal: frozenset[str] = frozenset()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Evaluate ``x``; a backend that can also return the named intermediate values
+        (calibration on the caller's own sample, to measure each approximation) overrides this."""
+        return self(x), {}
 
     def close(self) -> None:
         """Release processes, sockets or keys the program holds (nothing by default)."""
@@ -115,66 +126,73 @@ class Backend(ABC):
 
 @dataclass(frozen=True)
 class LayerRule(Generic[Rule]):
-    """One registered conversion: the rule plus how exact it is."""
+    """One registered conversion: the rule plus how exact it is.
 
-    types: tuple[type[nn.Module], ...]
+    ``listed`` rules (layers, products) get a row in ``report()``; data
+    movement (reshape, permute, indexing...) does not.
+    """
+
+    ops: tuple[str, ...]
     rule: Rule
     kind: str
     detail: str
+    listed: bool = True
 
 
 class LayerRules(Generic[Rule]):
-    """Per-backend registry from ``nn.Module`` type to conversion rule.
+    """Per-backend registry from canonical op (see :mod:`secure_infer.ir`) to conversion rule.
 
-    An unregistered type is exactly the :class:`UnsupportedModelError` case;
-    ``suggestions`` turns that error into advice ("use AvgPool2d instead").
+    An op without a rule is exactly the :class:`UnsupportedModelError` case;
+    ``suggestions`` (keyed by op, or by layer class name for ops the front end
+    keeps as opaque ``module`` nodes) turns that error into advice.
     """
 
-    def __init__(self, backend: str, suggestions: dict[type[nn.Module], str] | None = None) -> None:
+    def __init__(self, backend: str, suggestions: dict[str, str] | None = None) -> None:
         self.backend = backend
-        self._rules: dict[type[nn.Module], LayerRule[Rule]] = {}
+        self._rules: dict[str, LayerRule[Rule]] = {}
         self.suggestions = dict(suggestions or {})
 
-    def register(
-        self, *types: type[nn.Module], kind: str = "exact", detail: str = ""
-    ) -> Callable[[Rule], Rule]:
+    def register(self, *ops: str, kind: str = "exact", detail: str = "",
+                 listed: bool = True) -> Callable[[Rule], Rule]:
         def deco(rule: Rule) -> Rule:
-            entry = LayerRule(types, rule, kind, detail)
-            for t in types:
-                self._rules[t] = entry
+            entry = LayerRule(ops, rule, kind, detail, listed)
+            for op in ops:
+                if op in self._rules:
+                    raise ValueError(f"{self.backend}: a rule for {op!r} is already registered")
+                self._rules[op] = entry
             return rule
 
         return deco
 
+    def supported(self) -> list[str]:
+        return sorted(self._rules)
+
     def find(self, node: Node) -> LayerRule[Rule]:
-        module = node.module
-        assert module is not None
-        for cls in type(module).__mro__:
-            if cls in self._rules:
-                return self._rules[cls]
-        hint = self.suggestions.get(type(module), "")
-        supported = ", ".join(sorted({t.__name__ for t in self._rules}))
+        entry = self._rules.get(node.op) if node.op != "module" else None
+        if entry is not None:
+            return entry
+        hint = self.suggestions.get(node.type_name, self.suggestions.get(node.op, ""))
+        what = node.type_name if node.module is not None else f"operation {node.op!r}"
         raise UnsupportedModelError(
-            f"{node.path or node.name}: {type(module).__name__} is not supported by the "
-            f"{self.backend} backend. {hint + ' ' if hint else ''}Supported layers: {supported}",
+            f"{node.path or node.name}: {what} is not supported by the {self.backend} backend. "
+            f"{hint + ' ' if hint else ''}Supported operations: {', '.join(self.supported())}",
             module_path=node.path,
-            module_type=type(module).__name__,
+            module_type=node.type_name,
         )
 
     def problems(self, graph: Graph) -> list[UnsupportedModelError]:
         found = []
-        for node in graph.nodes:
-            if node.op == "module":
-                try:
-                    self.find(node)
-                except UnsupportedModelError as exc:
-                    found.append(exc)
+        for node in graph.layers():
+            try:
+                self.find(node)
+            except UnsupportedModelError as exc:
+                found.append(exc)
         return found
 
     def conversions(self, graph: Graph) -> list[Conversion]:
         out = []
-        for node in graph.nodes:
-            if node.op == "module":
-                entry = self.find(node)
-                out.append(Conversion(node.path, type(node.module).__name__, entry.kind, entry.detail))
+        for node in graph.layers():
+            entry = self.find(node)
+            if entry.listed:
+                out.append(Conversion(node.path, node.type_name, entry.kind, entry.detail))
         return out

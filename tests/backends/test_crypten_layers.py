@@ -13,6 +13,7 @@ from torch import nn
 
 import secure_infer as si
 from secure_infer import zoo
+from secure_infer.layers import PolyActivation
 
 
 class Residual(nn.Module):
@@ -43,6 +44,51 @@ def _bn(features: int, two_d: bool) -> nn.Module:
     return bn
 
 
+class Attention(nn.Module):
+    """Hand-written multi-head self-attention, the timm way (the batch dimension moves and comes back)."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Library(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.mha(x, x, x, need_weights=False)[0])
+
+
+class ClassToken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, 6))
+        self.pos = nn.Parameter(torch.randn(1, 4, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return x[:, 0] * 2.0 - x.mean(dim=1)
+
+
+class Tokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(12, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(x).mean(dim=1))
+
+
 # (id, model, input shape, tolerance)
 CASES = [
     ("linear", lambda: nn.Linear(6, 4), (6,), 5e-3),
@@ -65,6 +111,22 @@ CASES = [
     ("square", lambda: nn.Sequential(nn.Linear(6, 4), zoo.Square()), (6,), 1e-2),
     ("residual-add", Residual, (2, 5, 5), 5e-3),
     ("concat", Concat, (6,), 2e-2),
+    ("gelu", lambda: nn.Sequential(nn.Linear(6, 6), nn.GELU()), (6,), 1e-2),
+    ("gelu-tanh", lambda: nn.Sequential(nn.Linear(6, 6), nn.GELU(approximate="tanh")), (6,), 1e-2),
+    ("silu", lambda: nn.Sequential(nn.Linear(6, 6), nn.SiLU()), (6,), 1e-2),
+    ("leaky-relu-relu6-hardswish", lambda: nn.Sequential(nn.Linear(6, 6), nn.LeakyReLU(0.1), nn.ReLU6(),
+                                                         nn.Hardswish(), nn.Hardsigmoid()), (6,), 5e-3),
+    ("elu-softplus-mish", lambda: nn.Sequential(nn.Linear(6, 6), nn.ELU(), nn.Softplus(), nn.Mish()), (6,), 3e-2),
+    ("layernorm", lambda: nn.Sequential(nn.Linear(6, 6), nn.LayerNorm(6)), (3, 6), 2e-2),
+    ("avgpool1d", lambda: nn.Sequential(nn.Conv1d(2, 3, 3), nn.AvgPool1d(2)), (2, 9), 5e-3),
+    ("maxpool1d", lambda: nn.Sequential(nn.Conv1d(2, 3, 3), nn.MaxPool1d(2)), (2, 9), 5e-3),
+    ("adaptive-avgpool-int", lambda: nn.AdaptiveAvgPool2d(2), (2, 6, 6), 5e-3),
+    ("adaptive-avgpool-uneven", lambda: nn.AdaptiveAvgPool2d(4), (2, 6, 6), 5e-3),
+    ("adaptive-avgpool1d", lambda: nn.AdaptiveAvgPool1d(4), (2, 7), 5e-3),
+    ("attention-by-hand", Attention, (5, 8), 2e-2),
+    ("multihead-attention-layernorm", Library, (5, 8), 3e-2),
+    ("class-token-positional", ClassToken, (3, 6), 5e-3),
+    ("polynomial", lambda: nn.Sequential(nn.Linear(6, 4), PolyActivation([0.1, 0.5, 0.2, -0.05])), (6,), 1e-2),
 ]
 
 
@@ -109,18 +171,42 @@ def test_report_lists_every_layer_and_measures_approximations() -> None:
     assert "SIMULATION" in str(report) and "Sigmoid" in str(report)
 
 
+def test_token_indices_are_one_hot_encoded_by_the_data_owner() -> None:
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    tokens = torch.randint(0, 12, (4, 5))
+    with si.wrap(model, "crypten", sample_input=tokens[:1], parties=1) as enc:
+        y = enc(tokens, compare=True)
+        assert enc.last_run.max_abs_error < 5e-3
+        with pytest.raises(si.ParameterError, match=r"\[0, 12\)"):
+            enc(torch.full((1, 5), 12))
+    assert torch.allclose(y, model(tokens).detach(), atol=5e-3)
+
+
+def test_a_trailing_log_softmax_runs_exactly_at_the_data_owner() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.LogSoftmax(dim=1)).eval()
+    x = torch.randn(5, 6)
+    with si.wrap(model, "crypten", sample_input=x[:1], parties=1) as enc:
+        y = enc(x)
+        kinds = {c.layer: c.kind for c in enc.report().conversions}
+    assert kinds["LogSoftmax"] == "epilogue"
+    assert torch.allclose(y.exp().sum(1), torch.ones(5), atol=1e-5)  # exact normalisation, no MPC approximation
+    assert torch.equal(y.argmax(1), model(x).argmax(1))
+
+
 @pytest.mark.parametrize(
     "model, match",
     [
-        (nn.Sequential(nn.Linear(4, 4), nn.GELU()), r"1: GELU.*ReLU"),
-        (nn.Sequential(nn.Conv2d(1, 1, 3, padding="same")), "padding"),
+        (nn.Sequential(nn.Conv2d(1, 1, 2, padding="same")), "padding='same'"),
+        (nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")), "padding_mode"),
         (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), "ceil_mode"),
-        (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "LayerNorm"),
+        (nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1)), "padding"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2)), "GroupNorm"),
     ],
 )
 def test_unsupported_layers_are_named(model: nn.Module, match: str) -> None:
-    shape = (1, 4) if isinstance(model[0], nn.Linear) else (1, 1, 6, 6)
-    x = torch.randn(*shape)
+    x = torch.randn(1, 1, 6, 6)
     report = si.check(model, "crypten", sample_input=x)
     assert not report.ok and report.problems
     with pytest.raises(si.UnsupportedModelError, match=match):

@@ -18,9 +18,9 @@ from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
 from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram, native_onnx, weightless
 from secure_infer.backends.crypten._rules import RULES
-from secure_infer.graph import Graph
+from secure_infer.ir import Conversion, Graph
 
-_OPTIONS = {"parties", "dealer", "port", "master_addr", "timeout", "threads", "precision_bits"}
+_OPTIONS = {"parties", "dealer", "port", "master_addr", "timeout", "threads", "precision_bits", "calibration"}
 
 
 class CryptenProgram(Program):
@@ -164,17 +164,57 @@ class CryptenBackend(Backend):
         # Build every rule once with plaintext "shares": rules reject the layer
         # settings they cannot run (ceil_mode, padding='same'...) while building.
         problems: list[UnsupportedModelError] = []
-        for node in graph.nodes:
-            if node.op == "module":
-                assert node.module is not None
-                try:
-                    RULES.find(node).rule(node.module, node, lambda t: t)
-                except UnsupportedModelError as exc:
-                    problems.append(exc)
+        for node in graph.layers():
+            try:
+                RULES.find(node).rule(node, lambda t: t)
+            except UnsupportedModelError as exc:
+                problems.append(exc)
         return problems
 
     def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> CryptenProgram:
-        return CryptenProgram(graph, **options)
+        calibration = options.pop("calibration", None)
+        annotate_ranges(graph, sample_input if calibration is None else calibration)
+        program = CryptenProgram(graph, **options)
+        program.conversions = list(graph.conversions) + self.conversions(graph)
+        return program
+
+    def conversions(self, graph: Graph) -> list[Conversion]:
+        out = []
+        for node in graph.layers():
+            entry = RULES.find(node)
+            if not entry.listed:
+                continue
+            detail = entry.detail
+            if node.op == "layer_norm" and "variance_range" in node.attrs:
+                from secure_infer.backends.crypten.normalization import (
+                    newton_iterations,
+                    variance_bounds,
+                )
+
+                low, high = variance_bounds(node)
+                detail += (f" ({newton_iterations(low, high)} iterations, accurate for variances in "
+                           f"[{low:.3g}, {high:.3g}]: the sample's range widened 16x each way)")
+            out.append(Conversion(node.path, node.type_name, entry.kind, detail))
+        return out
+
+
+def annotate_ranges(graph: Graph, x: torch.Tensor) -> None:
+    """Record, on each LayerNorm node, the range of variances it sees on ``x`` (sample or calibration data).
+
+    The Newton-Raphson inverse square root is built for that range, widened
+    (see :mod:`.normalization`); the two numbers travel with the graph to every party.
+    """
+    if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(graph.input_shape[1:]) and not graph.one_hot:
+        raise ParameterError(f"calibration must be a tensor shaped (n, {', '.join(map(str, graph.input_shape[1:]))})")
+    norms = [n for n in graph.nodes if n.op == "layer_norm"]
+    if not norms:
+        return
+    values = graph.evaluate(x)
+    for node in norms:
+        assert isinstance(node.module, torch.nn.LayerNorm)
+        dims = tuple(range(-len(node.module.normalized_shape), 0))
+        var = values[node.inputs[0]].double().var(dim=dims, unbiased=False)
+        node.attrs["variance_range"] = (float(var.min()), float(var.max()))
 
 
 @register_backend("crypten")

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from secure_infer.backends.crypten import activations, linear, pooling  # noqa: F401  (register rules)
+from secure_infer.backends.crypten import activations, linear, normalization, pooling, structural  # noqa: F401
 from secure_infer.backends.crypten._rules import RULES, Apply
-from secure_infer.graph import Graph, apply_node
+from secure_infer.ir import Graph, Node, interpret
 
 MODEL_OWNER = 0
 DATA_OWNER = 1
@@ -40,40 +40,28 @@ class PartyProgram:
         def share(tensor: torch.Tensor) -> Any:
             return crypten.cryptensor(tensor.detach().clone(), src=model_owner)
 
-        # after which step each value is dead: shares of a batch of 64 images are
-        # large, and holding every intermediate to the end slowed parties by ~10%
-        self._free_after: dict[int, list[str]] = {}
-        last_use: dict[str, int] = {}
-        for step, node in enumerate(graph.nodes):
-            for name in node.inputs:
-                last_use[name] = step
-        for name, step in last_use.items():
-            self._free_after.setdefault(step, []).append(name)
-        self._apply: dict[str, Apply] = {}
-        for node in graph.nodes:
-            if node.op == "module":
-                assert node.module is not None
-                self._apply[node.name] = RULES.find(node).rule(node.module, node, share)
+        self._apply: dict[str, Apply] = {node.name: RULES.find(node).rule(node, share) for node in graph.layers()}
 
     def __call__(self, x_enc: Any, *, reveal: frozenset[str] = frozenset(), dst: int | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
         """Evaluate on shares; ``reveal`` names nodes whose values are opened to ``dst``.
 
         Revealing intermediate values is only for calibration on the caller's own
         sample input (to measure per-layer approximation error), never for user data.
+        Each value is freed after its last use: shares of a batch of 64 images are
+        large, and holding every intermediate to the end slowed parties by ~10%.
         """
-        crypten = self._crypten
-        rank = crypten.communicator.get().get_rank()
-        values: dict[str, Any] = {}
+        rank = self._crypten.communicator.get().get_rank()
         revealed: dict[str, torch.Tensor] = {}
-        for step, node in enumerate(self.graph.nodes):
-            out = apply_node(node, [values[i] for i in node.inputs], x_enc, self._apply.get(node.name), crypten.cat)
-            values[node.name] = out
+
+        def step(node: Node, args: list[Any], batch: int) -> Any:
+            out = self._apply[node.name](args, batch)
             if node.name in reveal:
                 plain = out.get_plain_text(dst=dst)
                 if dst is None or rank == dst:  # elsewhere a reduce leaves a meaningless partial
                     revealed[node.name] = plain
-            for name in self._free_after.get(step, ()):
-                del values[name]
+            return out
+
+        values = interpret(self.graph, x_enc, step, free=True)
         return values[self.graph.output.name], revealed
 
 
