@@ -41,7 +41,9 @@ type  name      direction  metadata (besides ``blobs``) and blobs
                            rotation_steps (the Galois keys the server needs),
                            chunks, output_chunks (latency: ciphertexts per
                            input and per output, usually 1), block, width
-                           (latency: the blocked input packing, 0 if periodic)
+                           (latency: the blocked input packing, 0 if periodic),
+                           output_shape, epilogue (the model's trailing
+                           softmax/log_softmax/sigmoid/argmax, run by the client)
 3     KEYS      c -> s     ``{"format": "seal", "names": [...]}`` with blobs
                            named ``relin_keys`` and (latency mode)
                            ``galois_keys``, each SEAL-serialized (seeded form

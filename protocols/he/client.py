@@ -145,9 +145,15 @@ class HEClient:
         self.close()
 
     # -- inference -------------------------------------------------------------------------
-    def predict(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Encrypt ``x`` (one input or a batch), have the server evaluate it, decrypt the outputs."""
+    def predict(self, x: torch.Tensor | np.ndarray, *, epilogue: bool = True) -> torch.Tensor:
+        """Encrypt ``x`` (one input or a batch), have the server evaluate it, decrypt the outputs.
+
+        The result is shaped like the model's output; with ``epilogue`` (default)
+        the model's trailing softmax/log-softmax/sigmoid/argmax, published in the
+        layout, runs here on the decrypted values; without it you get the logits.
+        """
         from secure_infer.backends.tenseal._seal import from_bytes, to_bytes
+        from secure_infer.ir import apply_epilogue
 
         if self._conn is None:
             raise ProtocolError("the client is closed; create a new HEClient", code="closed")
@@ -175,7 +181,8 @@ class HEClient:
         self.last_query = QueryStats(len(flat), totals.requests, totals.encrypt_s, totals.evaluate_s,
                                      float(traffic["compute_s"]), totals.decrypt_s, int(traffic["up"]),
                                      int(traffic["down"]))
-        return torch.from_numpy(y).float()
+        out = torch.from_numpy(y).float().reshape(len(y), *(self.layout.output_shape or (self.layout.output_size,)))
+        return apply_epilogue(self.layout.epilogue, out) if epilogue else out
 
     def describe(self) -> dict[str, Any]:
         return {"server": f"{self.address[0]}:{self.address[1]}", "model": self.model_name,

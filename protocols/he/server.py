@@ -102,18 +102,19 @@ class HEServer:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, sample_input: torch.Tensor, *, mode: str = "latency",
-                   calibration: torch.Tensor | None = None, schedule: str | None = None, **kwargs: Any) -> HEServer:
+                   calibration: torch.Tensor | None = None, schedule: str | None = None,
+                   poly_degree: int | None = None, tolerance: float | None = None, **kwargs: Any) -> HEServer:
         """Compile ``model``, measure its approximations on ``sample_input``, and serve it.
 
         The local key pair ``wrap`` used for that measurement is dropped before
-        serving: the server holds no secret key. ``schedule`` is ``wrap``'s
-        (``"levels"`` or ``"square-chain"``). The server evaluates with one
-        process per request (its threads serve clients concurrently).
+        serving: the server holds no secret key. ``schedule``, ``poly_degree`` and
+        ``tolerance`` are ``wrap``'s. The server evaluates with one process per
+        request (its threads serve clients concurrently).
         """
         import secure_infer as si
 
         enc = si.wrap(model, backend="tenseal", sample_input=sample_input, mode=mode, calibration=calibration,
-                      schedule=schedule)
+                      schedule=schedule, poly_degree=poly_degree, tolerance=tolerance)
         enc.program.forget_client_keys()
         server = cls(enc.program, **kwargs)
         server.report = enc.report()

@@ -209,12 +209,13 @@ def _infer(config: PartyConfig, crypten: Any, group: Any) -> dict[str, Any]:
     y = y_enc.get_plain_text(dst=DATA_OWNER)
     if rank != DATA_OWNER:
         return {}
+    output = graph.finish(y)  # the model's trailing softmax/argmax, if any, runs here after the reveal
     out: dict[str, Any] = {"inputs": int(x_shape[0]), "predictions": y.argmax(1).tolist()}
     if labels is not None:
         out["accuracy"] = float((y.argmax(1) == labels).float().mean())
     if config.output is not None:
         Path(config.output).parent.mkdir(parents=True, exist_ok=True)
-        np.save(config.output, y.numpy())
+        np.save(config.output, output.numpy())
         out["output"] = str(config.output)
     return out
 

@@ -29,7 +29,9 @@ from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin", "workers", "schedule"}
+            "margin", "workers", "schedule", "tolerance"}
+NOISE_ALLOWANCE = 10.0
+"""The worst-case bound allows for this many times the CKKS rounding noise measured on the calibration data."""
 SCHEDULES = ("levels", "square-chain")
 
 
@@ -40,13 +42,20 @@ class TensealProgram(Program):
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
                  scale_bits: int | None = None, margin: float = 0.1, workers: int = 1,
-                 schedule: str | None = None) -> None:
+                 schedule: str | None = None, tolerance: float | None = None) -> None:
         """``schedule``: ``"levels"`` (one prime per multiplication: most precise) or ``"square-chain"``
         (each affine layer shares the next square's prime: fewer primes, faster, smaller keys, weights
         encoded at 2^15-2^17). Default: the square chain in batch mode, where weights are scalars and
         lose nothing measurable, levels in latency mode, where weights are vectors and CKKS encodes
         them less exactly (on the digits CNN's test set: max logit error 0.6 instead of 0.02, argmax
-        agreement 449/450 instead of 450/450)."""
+        agreement 449/450 instead of 450/450).
+
+        ``calibration`` sets the accepted input range (its min and max, widened by
+        ``margin`` of the span): the client refuses anything outside it, and every
+        polynomial activation is fitted on the interval its input can reach for any
+        input in that range. ``poly_degree`` fixes their degree; by default it is the
+        smallest whose error on the calibration outputs is at most ``tolerance``
+        (default: 2% of their standard deviation)."""
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {MODES}, got {mode!r}")
         if schedule not in (None, *SCHEDULES):
@@ -56,21 +65,22 @@ class TensealProgram(Program):
                                  "coeff_mod_bit_sizes/scale_bits, or use schedule='levels'")
         _check_workers(workers, mode)
         calib = sample_input if calibration is None else calibration
+        if isinstance(calib, torch.Tensor):
+            calib = graph.prepare(calib).float()  # token indices: one-hot, like the client does
         if not isinstance(calib, torch.Tensor) or tuple(calib.shape[1:]) != tuple(graph.input_shape[1:]):
             raise ParameterError(f"calibration must be a tensor shaped (n, {', '.join(map(str, graph.input_shape[1:]))})")
         self.mode = mode
         self.graph = graph
         self.weight_bits = 0  # > 0: the square-chain schedule (see choose_square_chain)
-        self.compiled: Compiled = compile_graph(graph, calib.float(), degree=poly_degree, margin=margin)
-        with torch.no_grad():
-            calib_out = self.compiled.approximated.run(calib.float())
-        low, high = float(calib.min()), float(calib.max())
-        pad = margin * max(high - low, 1e-3)
-        self.input_range = (low - pad, high + pad)
+        self.compiled: Compiled = compile_graph(graph, calib, degree=poly_degree, margin=margin, tolerance=tolerance,
+                                                feasible=lambda depth, out: _feasible(depth, out, mode))
+        self.input_range = self.compiled.input_range
+        flat_calib = calib.double().reshape(len(calib), -1).numpy()
+        calib_out = self.compiled.run_plain(flat_calib)
         # Worst case over every input the client may send (each element in
         # input_range), not just the calibration set: sizes the first prime so
         # that no allowed input can wrap around the modulus and decrypt to garbage.
-        max_out = max(float(calib_out.abs().max()), output_bound_for(self.compiled, *self.input_range))
+        max_out = max(float(np.abs(calib_out).max()), self.compiled.output_bound)
         self.worst_case_output = max_out
         depth = self.levels_used = self.compiled.depth
         slots_needed = LatencyPlan.periods_fit(self.compiled) if mode == "latency" else 1
@@ -98,7 +108,8 @@ class TensealProgram(Program):
                 self.params, self.weight_bits = chain
                 self.levels_used = self.params.depth
             else:
-                self.params = choose(depth, max_abs_output=max_out, slots_needed=slots_needed, scale_bits=scale_bits)
+                self.params = choose(depth, max_abs_output=max_out, slots_needed=slots_needed, scale_bits=scale_bits,
+                                     min_scale_bits=_min_scale_bits(self.compiled))
         # the last stage's outputs carry the input scale, times the weight scale when not rescaled
         self.output_bound = 2.0 ** (self.params.coeff_mod_bit_sizes[0] - self.params.scale_bits - self.weight_bits - 1)
         if max_out > self.output_bound:
@@ -121,6 +132,7 @@ class TensealProgram(Program):
             mode=mode, input_shape=tuple(graph.input_shape[1:]), output_size=self.compiled.output_size,
             input_range=self.input_range, output_bound=self.output_bound, params=self.params,
             rotation_steps=tuple(s % slots for s in steps if s % slots),
+            output_shape=tuple(graph.output.feature_shape), epilogue=tuple(graph.epilogue_spec()),
             **(self.plan.layout_fields() if isinstance(self.plan, LatencyPlan) else {}),
         )
         # client side: keys; only public material crosses to the server object
@@ -135,6 +147,26 @@ class TensealProgram(Program):
         self.key_bytes = public.sizes()
         self.conversions = list(graph.conversions) + _conversions(graph, self.compiled)
         self._ct_in_bytes: int | None = None
+        self.noise: float | None = None  # CKKS rounding noise, measured by run() (wrap's run on the sample)
+
+    @property
+    def worst_case_error(self) -> float | None:
+        """Bound on |output error| for any accepted input: the approximations' interval bound plus
+        :data:`NOISE_ALLOWANCE` times the CKKS noise measured so far (None before any measurement)."""
+        if self.noise is None:
+            return None
+        return self.compiled.error_bound + NOISE_ALLOWANCE * self.noise
+
+    def run(self, x: torch.Tensor, reveal: frozenset[str] = frozenset()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Evaluate ``x`` and measure the CKKS noise: the difference from the same program in float64."""
+        y = self(x)
+        flat = self.graph.prepare(x).double().reshape(len(x), -1).numpy()
+        reference = self.compiled.run_plain(flat)
+        core = self.graph.output
+        mine = y.movedim(core.batch_dim, 0) if core.batch_dim else y
+        noise = float(np.abs(mine.double().reshape(len(flat), -1).numpy() - reference).max())
+        self.noise = noise if self.noise is None else max(self.noise, noise)
+        return y, {}
 
     def forget_client_keys(self) -> None:
         """Drop the local key pair: the program then only evaluates for remote clients' keys.
@@ -186,7 +218,11 @@ class TensealProgram(Program):
                 "rotation_keys": list(self.published.rotation_steps),
             },
         )
-        return torch.from_numpy(y).float()
+        out = torch.from_numpy(y).float()
+        core = self.graph.output
+        shape = (len(y), *core.feature_shape)
+        out = out.reshape(shape)
+        return out.movedim(0, core.batch_dim) if core.batch_dim else out
 
     def _packing(self) -> str:
         if not isinstance(self.plan, LatencyPlan):
@@ -198,7 +234,7 @@ class TensealProgram(Program):
             out.append(f"input blocked (blocks of {plan.input_block} slots, {plan.input_width} values each)")
         else:
             out.append(f"input repeated with period {plan.input_period}")
-        diagonals = [sum(len(b) for row in plan.affine[i] for p in row for b in p.blocks) for i in sorted(plan.affine)]
+        diagonals = [sum(len(b) for row in plan.affine[i] for b in row.blocks) for i in sorted(plan.affine)]
         out.append(f"diagonals per affine stage {diagonals}")
         if plan.output_chunks > 1:
             out.append(f"output split into {plan.output_chunks} ciphertexts")
@@ -228,6 +264,12 @@ class TensealProgram(Program):
                 f" (square chain: each affine layer shares its square's rescale, weights at 2^{self.weight_bits}"
                 " or finer)" if self.weight_bits else ""),
             "packing": self._packing(),
+            "accepted inputs": f"every element in [{self.input_range[0]:.3g}, {self.input_range[1]:.3g}] (others refused)",
+            "worst-case output error": (
+                f"<= {self.worst_case_error:.3g} for any accepted input: approximations {self.compiled.error_bound:.3g} "
+                f"(interval bound) + {NOISE_ALLOWANCE:.0f}x the CKKS noise measured on the sample ({self.noise:.2g})"
+                if self.worst_case_error is not None else
+                f"approximations <= {self.compiled.error_bound:.3g} (interval bound) + CKKS noise (not measured yet)"),
             "threat model": "semi-honest server; it sees evaluation keys (relinearization, Galois) and ciphertexts only",
         }
 
@@ -243,26 +285,19 @@ def _check_workers(workers: int, mode: str) -> None:
         raise ParameterError("workers > 1 needs os.fork (Linux or macOS); use workers=1 here")
 
 
-def output_bound_for(compiled: Compiled, low: float, high: float) -> float:
-    """Bound on |output| when every input element lies in ``[low, high]`` (interval arithmetic)."""
-    from secure_infer.backends.tenseal._compile import AffineStage
+def _min_scale_bits(compiled: Compiled) -> int:
+    """Fitted activations (Chebyshev series) amplify rounding errors: they get scales of 30 bits or more."""
+    return 30 if any(getattr(stage, "fit", None) is not None for stage in compiled.stages) else 25
 
-    lo = np.full(compiled.input_size, low)
-    hi = np.full(compiled.input_size, high)
-    for stage in compiled.stages:
-        if isinstance(stage, AffineStage):
-            center, radius = stage.matrix @ ((lo + hi) / 2) + stage.bias, np.abs(stage.matrix) @ ((hi - lo) / 2)
-            lo, hi = center - radius, center + radius
-        else:
-            poly = np.polynomial.Polynomial(stage.coefficients)
-            critical = [r.real for r in poly.deriv().roots() if abs(r.imag) < 1e-12]
-            new_lo, new_hi = np.empty_like(lo), np.empty_like(hi)
-            for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
-                points = [a, b] + [r for r in critical if a < r < b]
-                values = poly(np.array(points))
-                new_lo[i], new_hi[i] = values.min(), values.max()
-            lo, hi = new_lo, new_hi
-    return float(max(np.abs(lo).max(), np.abs(hi).max()))
+
+def _feasible(depth: int, max_out: float, mode: str) -> bool:
+    """Whether some 128-bit ring holds a program of ``depth`` rescales (fitted activations, so 30-bit scales)
+    with outputs up to ``max_out``."""
+    try:
+        choose(depth, max_abs_output=max_out, slots_needed=1, min_scale_bits=30)
+    except ParameterError:
+        return False
+    return True
 
 
 def _conversions(graph: Graph, compiled: Compiled) -> list[Conversion]:
@@ -279,13 +314,13 @@ class TensealBackend(Backend):
     rules = RULES
 
     def model_problems(self, graph: Graph, **options: Any) -> list[UnsupportedModelError]:
-        from secure_infer.backends.tenseal._compile import _chain
-
-        try:
-            _chain(graph)  # one chain of affine and polynomial stages, no branches
-        except UnsupportedModelError as exc:
-            return [exc]
-        return []
+        problems = []
+        for node in graph.layers():
+            try:
+                RULES.find(node).rule(node, graph)  # e.g. a product of two encrypted values
+            except UnsupportedModelError as exc:
+                problems.append(exc)
+        return problems
 
     def build(self, graph: Graph, sample_input: torch.Tensor, **options: Any) -> TensealProgram:
         return TensealProgram(graph, sample_input, **options)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from secure_infer._errors import ParameterError
+from secure_infer.backends.tenseal._compile import RANGE_SLACK
 from secure_infer.backends.tenseal._execute import layout_index, pack_latency
 from secure_infer.backends.tenseal._params import CKKSParameters
 from secure_infer.backends.tenseal._seal import ClientKeys
@@ -47,6 +48,9 @@ class Layout:
             repeated across the slots), else the blocked packing: block ``t`` (of
             ``block`` slots) repeats input values ``t*width .. t*width+width-1``
             (see ``layout_index``). They depend on layer widths only, never on a weight.
+        output_shape: one output's shape (``(output_size,)`` when absent).
+        epilogue: the model's trailing softmax/log_softmax/sigmoid/argmax, which the
+            client runs after decrypting (see ``secure_infer.ir.apply_epilogue``).
     """
 
     mode: str
@@ -61,6 +65,8 @@ class Layout:
     output_chunks: int = 1
     block: int = 0
     width: int = 0
+    output_shape: tuple[int, ...] = ()
+    epilogue: tuple[dict[str, Any], ...] = ()
 
     @property
     def input_size(self) -> int:
@@ -78,6 +84,7 @@ class Layout:
             "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes), "scale_bits": self.params.scale_bits,
             "period": self.period, "rotation_steps": list(self.rotation_steps), "chunks": self.chunks,
             "output_chunks": self.output_chunks, "block": self.block, "width": self.width,
+            "output_shape": list(self.output_shape or (self.output_size,)), "epilogue": [dict(e) for e in self.epilogue],
         }
 
     @classmethod
@@ -113,7 +120,11 @@ class Layout:
                      chunks=number("chunks", int) if "chunks" in data else 1,
                      output_chunks=number("output_chunks", int) if "output_chunks" in data else 1,
                      block=number("block", int) if "block" in data else 0,
-                     width=number("width", int) if "width" in data else 0)
+                     width=number("width", int) if "width" in data else 0,
+                     output_shape=ints("output_shape") if "output_shape" in data else (),
+                     epilogue=_epilogue(data.get("epilogue", [])))
+        if layout.output_shape and math.prod(layout.output_shape) != layout.output_size:
+            raise ParameterError("layout.output_shape: its product must be output_size")
         if min(layout.input_shape, default=0) < 1 or layout.output_size < 1:
             raise ParameterError("layout: input_shape and output_size must be positive")
         if mode == "latency" and not (layout.input_size <= layout.period * layout.chunks
@@ -131,6 +142,21 @@ class Layout:
             except (ValueError, ZeroDivisionError) as exc:
                 raise ParameterError(f"layout.block/width: not a blocked packing of this input: {exc}") from None
         return layout
+
+
+def _epilogue(value: Any) -> tuple[dict[str, Any], ...]:
+    """Validate a published epilogue: a list of ``{"op": ..., "dim": ...}`` (see ``apply_epilogue``)."""
+    ops = ("softmax", "log_softmax", "sigmoid", "argmax")
+    if not isinstance(value, list):
+        raise ParameterError("layout.epilogue: expected a list")
+    out = []
+    for step in value:
+        if not isinstance(step, dict) or step.get("op") not in ops:
+            raise ParameterError(f"layout.epilogue: each step must be an object with op in {ops}")
+        if step["op"] != "sigmoid" and (not isinstance(step.get("dim"), int) or isinstance(step.get("dim"), bool)):
+            raise ParameterError(f"layout.epilogue: {step['op']} needs an integer dim")
+        out.append({k: step[k] for k in ("op", "dim", "keepdim") if k in step})
+    return tuple(out)
 
 
 @dataclass
@@ -169,7 +195,8 @@ class LayoutClient:
         if not np.isfinite(arr).all():
             raise ParameterError("input contains NaN or infinite values")
         low, high = self.layout.input_range
-        if float(arr.min()) < low or float(arr.max()) > high:
+        slack = RANGE_SLACK * max(high - low, 1e-12)  # float32 rounding at the ends; the bounds cover it
+        if float(arr.min()) < low - slack or float(arr.max()) > high + slack:
             raise ParameterError(
                 f"input values span [{float(arr.min()):.3g}, {float(arr.max()):.3g}], outside the calibrated range "
                 f"[{low:.3g}, {high:.3g}]; the polynomial approximations and CKKS parameters would give garbage: "

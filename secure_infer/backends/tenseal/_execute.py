@@ -7,7 +7,11 @@ slot to the input value it holds; baby-step/giant-step rotations (keys for
 steps 1 and g only) form the sum, and rotate-and-add folds over strides
 ``m, 2m, ...`` add up the partial sums. The output comes out repeated with
 period ``m``, which is the next stage's input layout ("periodic": ``in(s) = s
-mod p``, ``K = m`` diagonals, folds up to ``p``).
+mod p``, ``K = m`` diagonals, folds up to ``p``). A stage that reads several
+values (a residual ``+``, a ``torch.cat``) sums one diagonal product per
+input before the shared folds; a part that needs fewer folds than the others
+has its diagonals divided by the extra folds' factor, since folding a vector
+of period ``m`` again only doubles it.
 
 The client's own input can be packed more cleverly ("blocked", see
 :func:`layout_index`): a span of the slots is cut into blocks of ``m``, block
@@ -27,7 +31,15 @@ rescale removes, so ciphertext scales stay put across affine stages. In the
 square-chain schedule (``weight_bits`` > 0, see ``choose_square_chain``) an
 affine stage's factors are encoded at ``sqrt(prime / scale)`` instead and the
 square after it does the one rescale for both. A vector wider than one
-ciphertext is split into chunks of ``slots`` values in either mode.
+ciphertext is split into chunks of ``slots`` values in either mode. Values
+that meet (a residual, the terms of a polynomial) are brought to the deeper
+level by modulus switching; their scales then differ by the ratio of two
+primes near ``2^scale_bits`` (about 1e-6), which is set aside. Approximated
+activations run as per-element Chebyshev series (:class:`~._poly.Chebyshev`):
+per-slot coefficient vectors in latency mode, per-ciphertext numbers in batch
+mode. A weight or coefficient that rounds to zero at its encoding scale is
+skipped (SEAL refuses the all-zero "transparent" ciphertext a product with it
+would give).
 """
 
 from __future__ import annotations
@@ -43,9 +55,13 @@ from typing import Any
 
 import numpy as np
 
-from secure_infer.backends.tenseal._compile import AffineStage, Compiled, PolyStage
+from secure_infer.backends.tenseal._compile import INPUT, AffineStage, Compiled, PolyStage
 from secure_infer.backends.tenseal._params import RING_DEGREES
+from secure_infer.backends.tenseal._poly import Chebyshev
 from secure_infer.backends.tenseal._seal import ServerContext
+
+SCALE_MISMATCH = 1e-9
+"""Largest relative difference of two scales set equal before an addition: floating-point rounding only."""
 
 
 def pow2(n: int) -> int:
@@ -59,32 +75,147 @@ def _seal() -> Any:
 
 
 class _Ops:
-    """Level-aware ciphertext arithmetic shared by both packings."""
+    """Level-aware ciphertext arithmetic shared by both packings (also the :class:`~._poly.Arithmetic` of SEAL).
 
-    def __init__(self, server: ServerContext) -> None:
+    ``cache`` keeps encoded coefficient vectors across calls (they depend on
+    the parameters only, so one cache serves every client's keys).
+    """
+
+    def __init__(self, server: ServerContext, cache: dict[Any, Any] | None = None) -> None:
         self.server = server
         self.ev = server.evaluator
+        self.cache = cache
 
     def new(self) -> Any:
         return _seal().Ciphertext()
 
-    def mul_scalar_pending(self, ct: Any, value: float) -> Any:
-        """ct * value, not yet rescaled (scale grows by the next prime)."""
+    # -- encoding -----------------------------------------------------------------
+
+    def encode(self, values: Any, parms_id: Any, scale: float) -> Any:
+        """A plaintext; vectors are cached by content, level and scale."""
+        if isinstance(values, np.ndarray) and values.ndim and self.cache is not None:
+            key = (hash(values.tobytes()), tuple(parms_id), scale)
+            plain = self.cache.get(key)
+            if plain is None:
+                plain = self.cache[key] = self.server.encode(values, parms_id, scale)
+            return plain
+        return self.server.encode(float(values) if not isinstance(values, np.ndarray) else values, parms_id, scale)
+
+    def tiny(self, ct: Any, scale: float) -> Any:
+        """``ct`` times about ``1 / scale`` at scale ``ct.scale * scale``: a zero that SEAL accepts (not transparent)."""
         out = self.new()
-        plain = self.server.encode(float(value), ct.parms_id(), self.server.prime_at(ct.parms_id()))
-        self.ev.multiply_plain(ct, plain, out)
+        self.ev.multiply_plain(ct, self.server.encode(1.0 / scale, ct.parms_id(), scale), out)
         return out
 
-    def add_scalar(self, ct: Any, value: float) -> None:
-        if value != 0.0:
-            self.ev.add_plain_inplace(ct, self.server.encode(float(value), ct.parms_id(), ct.scale))
+    # -- levels and scales --------------------------------------------------------
 
-    def rescale(self, ct: Any) -> None:
-        self.ev.rescale_to_next_inplace(ct)
+    def chain_index(self, ct: Any) -> int:
+        return int(self.server.context.get_context_data(ct.parms_id()).chain_index())
 
-    def mod_to(self, ct: Any, like: Any) -> Any:
+    def level(self, ct: Any) -> int:
+        """Rescales done on ``ct``."""
+        top = self.server.context.first_context_data().chain_index()
+        return int(top) - self.chain_index(ct)
+
+    def deepest(self, cts: list[Any]) -> Any:
+        return min(cts, key=self.chain_index).parms_id()
+
+    def copy(self, ct: Any) -> Any:
         out = self.new()
-        self.ev.mod_switch_to(ct, like.parms_id(), out)
+        self.ev.mod_switch_to(ct, ct.parms_id(), out)
+        return out
+
+    def lower(self, ct: Any, parms_id: Any) -> Any:
+        """``ct`` at level ``parms_id`` (modulus switching; the same object when already there)."""
+        if list(ct.parms_id()) == list(parms_id):
+            return ct
+        out = self.new()
+        self.ev.mod_switch_to(ct, parms_id, out)
+        return out
+
+    @staticmethod
+    def match_scale(ct: Any, scale: float) -> None:
+        """Scales that differ by floating-point rounding only (the plaintexts were encoded to make them
+        equal) are made identical, as SEAL's addition requires."""
+        if ct.scale != scale:
+            if abs(ct.scale / scale - 1.0) > SCALE_MISMATCH:
+                raise RuntimeError(f"scales {ct.scale:.17g} and {scale:.17g} cannot be added")  # a planning bug
+            ct.scale = scale
+
+    # -- the Arithmetic protocol (Chebyshev series, see _poly) -----------------------
+
+    def mul(self, a: Any, b: Any) -> Any:
+        pid = self.deepest([a, b])
+        out = self.new()
+        self.ev.multiply(self.lower(a, pid), self.lower(b, pid), out)
+        self.ev.relinearize_inplace(out, self.server.public.relin_keys)
+        self.ev.rescale_to_next_inplace(out)
+        return out
+
+    def add(self, a: Any, b: Any) -> Any:
+        pid = self.deepest([a, b])
+        a2, b2 = self.lower(a, pid), self.lower(b, pid)
+        if b2.scale != a2.scale:
+            if b2 is b:
+                b2 = self.copy(b)
+            self.match_scale(b2, a2.scale)
+        out = self.new()
+        self.ev.add(a2, b2, out)
+        return out
+
+    def product_minus(self, a: Any, b: Any, c: Any | None) -> Any:
+        """``2ab - c`` (``c`` None: ``2ab - 1``), subtracting before the one rescale so the scales agree."""
+        pid = self.deepest([a, b] if c is None else [a, b, c])
+        out = self.new()
+        self.ev.multiply(self.lower(a, pid), self.lower(b, pid), out)
+        self.ev.relinearize_inplace(out, self.server.public.relin_keys)
+        doubled = self.new()
+        self.ev.add(out, out, doubled)
+        out = doubled
+        if c is None:
+            self.ev.add_plain_inplace(out, self.server.encode(-1.0, pid, out.scale))
+        else:
+            c2 = self.lower(c, pid)
+            term = self.new()
+            self.ev.multiply_plain(c2, self.server.encode(1.0, pid, out.scale / c2.scale), term)
+            self.match_scale(term, out.scale)
+            self.ev.sub_inplace(out, term)
+        self.ev.rescale_to_next_inplace(out)
+        return out
+
+    def target_for(self, target: float, factor: Any, level: int) -> float:
+        """The scale a value must have so that its product with ``factor`` at ``level`` has scale ``target``."""
+        return target * self.server.prime_at(self.server.parms_id_after(level)) / factor.scale
+
+    def lincomb(self, terms: list[tuple[Any, Any]], const: Any, like: Any, target: float) -> Any:
+        """``const + sum coefficient * value`` at scale ``target``, one level below the deepest value."""
+        pid = self.deepest([like] + [ct for ct, _ in terms])
+        prime = self.server.prime_at(pid)
+        acc = None
+        for ct, coefficient in terms:
+            ct2 = self.lower(ct, pid)
+            plain = self.encode(coefficient, pid, target * prime / ct2.scale)
+            if plain.is_zero():
+                continue
+            term = self.new()
+            self.ev.multiply_plain(ct2, plain, term)
+            if acc is None:
+                acc = term
+            else:
+                self.match_scale(term, acc.scale)
+                self.ev.add_inplace(acc, term)
+        if acc is None:
+            base = self.lower(like, pid)
+            acc = self.tiny(base, target * prime / base.scale)
+        self.ev.rescale_to_next_inplace(acc)
+        return self.add_const(acc, const)
+
+    def add_const(self, a: Any, value: Any) -> Any:
+        plain = self.encode(value, a.parms_id(), a.scale)
+        if plain.is_zero():
+            return a
+        out = self.new()
+        self.ev.add_plain(a, plain, out)
         return out
 
     def dot(self, pairs: Any) -> Any | None:
@@ -99,13 +230,39 @@ class _Ops:
                 self.ev.add_inplace(acc, term)
         return acc
 
-    def mul(self, a: Any, b: Any) -> Any:
+    def mul_scalar_pending(self, ct: Any, value: float) -> Any:
+        """ct * value, not yet rescaled (scale grows by the next prime)."""
+        prime = self.server.prime_at(ct.parms_id())
+        plain = self.server.encode(float(value), ct.parms_id(), prime)
+        if plain.is_zero():
+            return self.tiny(ct, prime)
+        out = self.new()
+        self.ev.multiply_plain(ct, plain, out)
+        return out
+
+    def add_scalar(self, ct: Any, value: float) -> None:
+        if value != 0.0:
+            plain = self.server.encode(float(value), ct.parms_id(), ct.scale)
+            if not plain.is_zero():
+                self.ev.add_plain_inplace(ct, plain)
+
+    def rescale(self, ct: Any) -> None:
+        self.ev.rescale_to_next_inplace(ct)
+
+    def mod_to(self, ct: Any, like: Any) -> Any:
+        return self.lower(ct, like.parms_id())
+
+    def relinearized_product(self, a: Any, b: Any) -> Any:
         out = self.new()
         self.ev.multiply(a, b, out)
         self.ev.relinearize_inplace(out, self.server.public.relin_keys)
         return out
 
-    def polynomial(self, ct: Any, stage: PolyStage, last: bool) -> Any:
+    def polynomial(self, ct: Any, stage: PolyStage, coefficients: Any = None) -> Any:
+        """An element-wise polynomial stage on one ciphertext (``coefficients``: this ciphertext's Chebyshev
+        coefficients, per slot or per ciphertext, for approximated activations)."""
+        if stage.fit is not None:
+            return Chebyshev(stage.degree).evaluate(self, ct, coefficients, 2.0 ** self.server.params.scale_bits)
         c = stage.coefficients
         if stage.degree == 1:
             out = self.mul_scalar_pending(ct, c[1])
@@ -117,10 +274,11 @@ class _Ops:
             self.ev.square(ct, square)
             self.ev.relinearize_inplace(square, self.server.public.relin_keys)
             if c[1] != 0.0:
-                linear = self.new()
                 plain = self.server.encode(float(c[1]), ct.parms_id(), ct.scale)
-                self.ev.multiply_plain(ct, plain, linear)  # scale = ct.scale**2, like the square
-                self.ev.add_inplace(square, linear)
+                if not plain.is_zero():
+                    linear = self.new()
+                    self.ev.multiply_plain(ct, plain, linear)  # scale = ct.scale**2, like the square
+                    self.ev.add_inplace(square, linear)
             self.rescale(square)
             self.add_scalar(square, c[0])
             return square
@@ -129,21 +287,16 @@ class _Ops:
         self.rescale(acc)
         self.add_scalar(acc, c[-2])
         for coeff in c[-3::-1]:
-            acc = self.mul(acc, self.mod_to(ct, acc))
+            acc = self.relinearized_product(acc, self.mod_to(ct, acc))
             self.rescale(acc)
             self.add_scalar(acc, coeff)
         return acc
 
-
-@dataclass
-class _LatencyAffine:
-    stage: AffineStage
-    m_pad: int
-    giant: int
-    blocks: list[list[tuple[int, Any]]]  # per giant step a: [(baby b, plaintext)]
-    fold_steps: list[int]
-    bias_cache: dict[float, Any] = field(default_factory=dict)
-
+    def aligned(self, cts: list[Any]) -> list[Any]:
+        """``cts`` at the deepest level among them (for sums across values; scales are
+        reconciled by the weights each is multiplied by)."""
+        pid = self.deepest(cts)
+        return [self.lower(ct, pid) for ct in cts]
 
 ROTATION_VS_MULTIPLY = 12.0  # a key switch costs about this many plaintext multiply-adds (N=8192, measured)
 
@@ -190,6 +343,50 @@ def layout_index(period: int, block: int, width: int, slots: int) -> np.ndarray:
     return q % width + width * ((q % span) // block)
 
 
+@dataclass
+class _Part:
+    """One input vector's (or input chunk's) diagonal product inside an affine stage's output chunk."""
+
+    source: int  # value id
+    chunk: int  # which ciphertext of that value
+    giant: int
+    blocks: list[list[tuple[int, Any]]]  # per giant step a: [(baby b, plaintext or diagonal)]
+    fold_to: int
+    by_scale: dict[float, list[list[tuple[int, Any]]]] | None = None  # another value's part: encoded per scale
+
+
+@dataclass
+class _Row:
+    """One output ciphertext of an affine stage: the parts, the shared folds, the bias."""
+
+    stage: AffineStage
+    rows: slice
+    m_pad: int
+    parts: list[_Part]
+    fold_steps: list[int]
+    bias_cache: dict[float, Any] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> list[list[tuple[int, Any]]]:  # for reports: every diagonal of every part
+        return [block for part in self.parts for block in part.blocks]
+
+
+@dataclass
+class _Layout:
+    """How one value sits in its ciphertexts in latency mode."""
+
+    chunks: int
+    period: int  # output value i is in slot i mod period (chunked: period = slots, chunk c holds c*slots..)
+    block: int = 0  # the blocked packing (the input only), see layout_index
+    width: int = 0
+
+    def index(self, slots: int) -> np.ndarray:
+        """The value each slot of a single-chunk layout holds."""
+        if self.block:
+            return layout_index(self.period, self.block, self.width, slots)
+        return np.arange(slots) % self.period
+
+
 class LatencyPlan:
     """Diagonals encoded once per program, at the level each stage runs.
 
@@ -205,45 +402,71 @@ class LatencyPlan:
         self.slots = slots
         self.weight_bits = weight_bits  # > 0: the square-chain schedule, as in BatchPlan
         self.data_primes = data_primes  # for the cost model: a key switch gets cheaper as primes are used up
-        self.chunks = self._chunks(compiled.input_size)
-        self.input_period = min(pow2(compiled.input_size), slots)
-        self.input_block = self.input_width = 0  # 0: the periodic packing; else see layout_index
         self.server = server
-        # per affine stage: per output chunk, per input chunk, one diagonal product
-        self.affine: dict[int, list[list[_LatencyAffine]]] = {}
+        self.cache: dict[Any, Any] = {}
+        stages = compiled.stages
+        self.value_levels = compiled.levels(weight_bits)
+        self.layouts: dict[int, _Layout] = {INPUT: self._layout(compiled.input_size)}
+        for i, stage in enumerate(stages):
+            self.layouts[i] = self._layout(stage.out_size) if isinstance(stage, AffineStage) else \
+                self.layouts[stage.input]
+        self.affine: dict[int, list[_Row]] = {}
         self.rotation_steps: set[int] = set()
-        affine = [i for i, stage in enumerate(compiled.stages) if isinstance(stage, AffineStage)]
-        levels = self.levels()
-        chunks, period = self.chunks, self.input_period
-        for n, i in enumerate(affine):  # later stages first: the first one's packing weighs their keys
-            stage = compiled.stages[i]
-            out_chunks = self._chunks(stage.out_size)
-            out_period = min(pow2(stage.out_size), slots)
-            if n and n == len(affine) - 1 and chunks == out_chunks == 1:
-                self.affine[i] = self._plan_last(stage, period, levels[i])
-                out_period = self.affine[i][0][0].m_pad
-            elif n:
-                self.affine[i] = self._plan_chunked(stage, chunks, period, out_chunks)
-            chunks, period = out_chunks, out_period
-        self.output_chunks, self.output_period = chunks, period
-        if affine:
-            self._plan_first(affine[0])
+        readers = compiled.users(INPUT)
+        first = readers[0] if len(readers) == 1 else None
+        if first is not None:
+            stage = stages[first]
+            if not (isinstance(stage, AffineStage) and stage.inputs == [INPUT] and self.layouts[INPUT].chunks == 1
+                    and self.layouts[first].chunks == 1):
+                first = None
+        # later stages first: the first one's packing weighs their rotation keys
+        for i in reversed(range(len(stages))):
+            stage = stages[i]
+            if isinstance(stage, AffineStage) and i != first:
+                self.affine[i] = self._plan_stage(i, stage)
+        if first is not None:
+            self._plan_first(first)
+        self.chebyshev = {i: self._coefficient_vectors(stage) for i, stage in enumerate(stages)
+                          if isinstance(stage, PolyStage) and stage.fit is not None}
+        out = self.layouts[compiled.output]
+        self.output_chunks, self.output_period = out.chunks, out.period
+
+    # -- layouts and levels ---------------------------------------------------------
 
     def _chunks(self, size: int) -> int:
         return 1 if pow2(size) <= self.slots else -(-size // self.slots)
 
-    def levels(self) -> dict[int, int]:
-        """Rescales done before each stage runs (the level its plaintexts are encoded at)."""
-        from secure_infer.backends.tenseal._compile import stage_depth
+    def _layout(self, size: int) -> _Layout:
+        chunks = self._chunks(size)
+        return _Layout(chunks, self.slots if chunks > 1 else pow2(size))
 
-        out, level, last = {}, 0, len(self.compiled.stages) - 1
-        for i, stage in enumerate(self.compiled.stages):
-            out[i] = level
-            if isinstance(stage, AffineStage):
-                level += 0 if self.weight_bits else 1  # a square chain shares the next square's rescale
-            else:
-                level += stage_depth(stage, i == last)
-        return out
+    @property
+    def chunks(self) -> int:
+        return self.layouts[INPUT].chunks
+
+    @property
+    def input_period(self) -> int:
+        return self.layouts[INPUT].period
+
+    @property
+    def input_block(self) -> int:
+        return self.layouts[INPUT].block
+
+    @property
+    def input_width(self) -> int:
+        return self.layouts[INPUT].width
+
+    def stage_level(self, i: int) -> int:
+        """Rescales done before stage ``i`` runs (the level its plaintexts are encoded at)."""
+        stage = self.compiled.stages[i]
+        if isinstance(stage, AffineStage):
+            return max(self.value_levels[k] for k in stage.inputs)
+        return self.value_levels[stage.input]
+
+    def levels(self) -> dict[int, int]:
+        return {i: self.stage_level(i) for i in range(len(self.compiled.stages))}
+
+    # -- the cost model ---------------------------------------------------------------
 
     def _costs(self, level: int) -> tuple[float, float]:
         """(key switch, plaintext multiply-add) at ``level``, in top-level multiply-adds."""
@@ -259,69 +482,81 @@ class LatencyPlan:
         rotations, keys = _steps(diagonals, m_pad, fold_to)
         return rotations * rotation + diagonals * multiply + len(keys - self.rotation_steps) * ROTATION_VS_MULTIPLY
 
-    def _plan_last(self, stage: AffineStage, period: int, level: int) -> list[list[_LatencyAffine]]:
+    # -- planning ---------------------------------------------------------------------
+
+    def _plan_stage(self, i: int, stage: AffineStage) -> list[_Row]:
+        """Diagonal products for every (output chunk, input value, input chunk) of ``stage``."""
+        slots = self.slots
+        out = self.layouts[i]
+        single = len(stage.inputs) == 1 and out.chunks == 1 and self.layouts[stage.inputs[0]].chunks == 1
+        if single and i == self.compiled.output:
+            return [self._plan_last(stage, self.layouts[stage.inputs[0]], self.stage_level(i))]
+        m_pad = out.period
+        rows_out = []
+        for r in range(out.chunks):
+            rows = slice(r * slots, (r + 1) * slots) if out.chunks > 1 else slice(None)
+            parts = []
+            for k, block in zip(stage.inputs, stage.blocks, strict=True):
+                src = self.layouts[k]
+                part_rows = block[rows]
+                if src.chunks > 1:
+                    for c in range(src.chunks):
+                        parts.append(self._plan_part(k, c, _columns(part_rows, c * slots, slots),
+                                                     np.arange(slots), m_pad, slots, m_pad))
+                else:
+                    parts.append(self._plan_part(k, 0, part_rows, src.index(slots), min(m_pad, src.period),
+                                                 max(src.period, m_pad), m_pad))
+            rows_out.append(self._row(stage, rows, m_pad, parts))
+        return rows_out
+
+    def _row(self, stage: AffineStage, rows: slice, m_pad: int, parts: list[_Part]) -> _Row:
+        fold_to = max(p.fold_to for p in parts)
+        for part in parts:  # a part folded more than it needs comes out multiplied by the extra folds
+            if part.fold_to < fold_to:
+                factor = part.fold_to / fold_to
+                part.blocks = [[(b, d * factor) for b, d in block] for block in part.blocks]
+        fold_steps, step = [], m_pad
+        while step < fold_to:
+            fold_steps.append(step)
+            step *= 2
+        self.rotation_steps.update(fold_steps)
+        return _Row(stage, rows, m_pad, parts, fold_steps)
+
+    def _plan_last(self, stage: AffineStage, src: _Layout, level: int) -> _Row:
         """The last stage's output layout is free: padding it to a longer period needs more
         diagonals but fewer folds and rotation keys; pick the cheapest."""
+        period = src.period
         m_pad = pow2(stage.out_size)
         candidates = [m_pad << j for j in range(int(math.log2(max(period, m_pad) // m_pad)) + 1)]
         m = min(candidates, key=lambda m: self._cost(min(m, period), m, max(period, m), level))
-        return [[self._plan_affine(stage, np.arange(self.slots) % period, min(m, period), max(period, m), m)]]
-
-    def _plan_chunked(self, stage: AffineStage, chunks: int, period: int, out_chunks: int) -> list[list[_LatencyAffine]]:
-        """Diagonal products for every (output chunk, input chunk) pair of ``stage``."""
-        slots = self.slots
-        m_pad = slots if out_chunks > 1 else pow2(stage.out_size)
-        width = slots if chunks > 1 else stage.in_size
-        plans = []
-        for r in range(out_chunks):
-            rows = slice(r * slots, (r + 1) * slots) if out_chunks > 1 else slice(None)
-            part = AffineStage(stage.matrix[rows], stage.bias[rows], stage.paths)
-            plans.append([self._plan_affine(AffineStage(_columns(part.matrix, c * width, width), part.bias, stage.paths),
-                                            np.arange(slots) % period, min(m_pad, period), max(period, m_pad), m_pad)
-                          for c in range(chunks)])
-        return plans
+        self.layouts[self.compiled.output] = _Layout(1, m)
+        part = self._plan_part(stage.inputs[0], 0, stage.blocks[0], src.index(self.slots), min(m, period),
+                               max(period, m), m)
+        return self._row(stage, slice(None), m, [part])
 
     def _plan_first(self, i: int) -> None:
         """The first affine stage reads the client's packing, which can be chosen freely: pick the cheapest."""
         stage, slots = self.compiled.stages[i], self.slots
         assert isinstance(stage, AffineStage)
-        out_chunks = self._chunks(stage.out_size)
-        if self.chunks > 1 or out_chunks > 1:
-            self.affine[i] = self._plan_chunked(stage, self.chunks, self.input_period, out_chunks)
-            return
-        m_pad, n_pad = pow2(stage.out_size), self.input_period
-        level = self.levels()[i]
+        m_pad, n_pad = self.layouts[i].period, self.layouts[INPUT].period
+        level = self.stage_level(i)
         spans = [s for s in (max(n_pad, m_pad) << j for j in range(int(math.log2(slots)) + 1))
                  if s <= slots and n_pad * m_pad >= s]
         span = min(spans, key=lambda s: self._cost(n_pad * m_pad // s, m_pad, s, level))
         width = n_pad * m_pad // span
         if span > max(n_pad, m_pad):  # otherwise the blocked packing is the periodic one
-            self.input_block, self.input_width = m_pad, width
-        self.affine[i] = [[self._plan_affine(stage, layout_index(n_pad, m_pad, width, slots), width, span, m_pad)]]
+            self.layouts[INPUT] = _Layout(1, n_pad, m_pad, width)
+        part = self._plan_part(INPUT, 0, stage.blocks[0], layout_index(n_pad, m_pad, width, slots), width, span, m_pad)
+        self.affine[i] = [self._row(stage, slice(None), m_pad, [part])]
 
-    @staticmethod
-    def periods_fit(compiled: Compiled) -> int:
-        """The slots that hold the program's widest vector in one ciphertext, up to the largest ring's.
+    def _plan_part(self, source: int, chunk: int, matrix: np.ndarray, in_index: np.ndarray, diagonals: int,
+                   fold_to: int, m_pad: int) -> _Part:
+        """Generalized diagonals of ``matrix`` for an input whose slot ``s`` holds value ``in_index[s]``.
 
-        The input itself is not counted when an affine stage consumes it: a wide
-        input is split across several ciphertexts instead of forcing a larger
-        ring; so is any vector wider than the largest ring.
+        The output has period ``m_pad``; folds up to ``fold_to`` add the partial sums.
         """
-        affine = [stage for stage in compiled.stages if isinstance(stage, AffineStage)]
-        need = 1 if affine else pow2(compiled.input_size)
-        for n, stage in enumerate(affine):
-            need = max(need, pow2(stage.out_size), pow2(stage.in_size) if n else 1)
-        return min(need, RING_DEGREES[-1] // 2)  # wider vectors are split across ciphertexts
-
-    def _plan_affine(self, stage: AffineStage, in_index: np.ndarray, diagonals: int, fold_to: int,
-                     m_pad: int) -> _LatencyAffine:
-        """Generalized diagonals of ``stage`` for an input whose slot ``s`` holds value ``in_index[s]``.
-
-        The output has period ``m_pad``; folds add the partial sums of the
-        strides ``m_pad .. fold_to / 2``.
-        """
-        padded = np.zeros((m_pad, max(int(in_index.max()) + 1, stage.in_size)))
-        padded[: stage.out_size, : stage.in_size] = stage.matrix
+        padded = np.zeros((m_pad, max(int(in_index.max()) + 1, matrix.shape[1])))
+        padded[: matrix.shape[0], : matrix.shape[1]] = matrix
         giant = _giant(diagonals)
         slots = np.arange(self.slots)
         rows = slots % m_pad
@@ -337,30 +572,64 @@ class LatencyPlan:
                     continue  # a zero diagonal costs nothing
                 block.append((b, np.roll(diagonal, a)))
             blocks.append(block)
-        fold_steps = []
-        step = m_pad
-        while step < fold_to:
-            fold_steps.append(step)
-            step *= 2
         if giant > 1:
             self.rotation_steps.add(1)
         if len(blocks) > 1:
             self.rotation_steps.add(giant)
-        self.rotation_steps.update(fold_steps)
-        return _LatencyAffine(stage, m_pad, giant, blocks, fold_steps)
+        return _Part(source, chunk, giant, blocks, fold_to)
+
+    def _coefficient_vectors(self, stage: PolyStage) -> list[list[np.ndarray]]:
+        """Per input chunk, the Chebyshev coefficients laid out like the values they multiply."""
+        assert stage.fit is not None
+        layout, slots = self.layouts[stage.input], self.slots
+        coefficients = stage.fit.coefficients  # (elements, degree + 1)
+        size = coefficients.shape[0]
+        out = []
+        for c in range(layout.chunks):
+            element = c * slots + np.arange(slots) if layout.chunks > 1 else np.arange(slots) % layout.period
+            valid = element < size
+            vectors = np.zeros((coefficients.shape[1], slots))
+            vectors[:, valid] = coefficients[element[valid]].T
+            out.append(list(vectors))
+        return out
+
+    @staticmethod
+    def periods_fit(compiled: Compiled) -> int:
+        """The slots that hold the program's widest vector in one ciphertext, up to the largest ring's.
+
+        The input itself is not counted when only affine stages read it: a wide
+        input is split across several ciphertexts instead of forcing a larger
+        ring; so is any vector wider than the largest ring.
+        """
+        need = 1
+        for stage in compiled.stages:
+            if isinstance(stage, AffineStage):
+                need = max(need, pow2(stage.out_size))
+                for k in stage.inputs:
+                    if k != INPUT:
+                        need = max(need, pow2(compiled.stages[k].out_size))
+            elif stage.input == INPUT:
+                need = max(need, pow2(compiled.input_size))
+        if compiled.output == INPUT:
+            need = max(need, pow2(compiled.input_size))
+        return min(need, RING_DEGREES[-1] // 2)  # wider vectors are split across ciphertexts
+
+    # -- encoding and running -----------------------------------------------------------
 
     def encode_weights(self, server: ServerContext) -> None:
-        """Turn the diagonals into plaintexts at each stage's level (server side)."""
+        """Turn the diagonals into plaintexts at each stage's level (server side); drop those that round to 0."""
         self.server = server
         last = len(self.compiled.stages) - 1
-        for i, level in self.levels().items():
-            if i in self.affine:
-                parms = server.parms_id_after(level)
-                # in a square chain the input scale is 2^scale_bits before every affine stage
-                scale = weight_scale(server, parms, 2.0 ** server.params.scale_bits, self.weight_bits, i == last)
-                for row in self.affine[i]:
-                    for plan in row:
-                        plan.blocks = [[(b, server.encode(d, parms, scale)) for b, d in block] for block in plan.blocks]
+        for i, rows in self.affine.items():
+            parms = server.parms_id_after(self.stage_level(i))
+            # in a square chain the input scale is 2^scale_bits before every affine stage
+            scale = weight_scale(server, parms, 2.0 ** server.params.scale_bits, self.weight_bits, i == last)
+            for row in rows:
+                for part in row.parts:
+                    if part.source != row.parts[0].source:
+                        part.by_scale = {}  # its scale is only known at run time: encoded then, once
+                        continue
+                    part.blocks = _encode_blocks(server, part.blocks, parms, scale)
 
     def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Evaluate one input (``chunks`` packed ciphertexts) with ``server``'s keys; ``output_chunks`` out.
@@ -370,71 +639,91 @@ class LatencyPlan:
         """
         if len(cts) != self.chunks:
             raise ValueError(f"expected {self.chunks} ciphertexts per input, got {len(cts)}")
-        ops = _Ops(server or self._server())
-        last = len(self.compiled.stages) - 1
+        ops = _Ops(server or self._server(), self.cache)
+        values: dict[int, list[Any]] = {INPUT: list(cts)}
         for i, stage in enumerate(self.compiled.stages):
             if isinstance(stage, AffineStage):
-                cts = [self._run_affine(ops, row, cts) for row in self.affine[i]]
+                parms = ops.server.parms_id_after(self.stage_level(i))
+                lowered: dict[tuple[int, int], Any] = {}
+                for k in stage.inputs:
+                    for c, ct in enumerate(values[k]):
+                        lowered[(k, c)] = ops.lower(ct, parms)
+                values[i] = [self._run_affine(ops, row, lowered) for row in self.affine[i]]
+            elif stage.fit is not None:
+                values[i] = [ops.polynomial(ct, stage, vectors)
+                             for ct, vectors in zip(values[stage.input], self.chebyshev[i], strict=True)]
             else:
-                cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
-        return cts
+                values[i] = [ops.polynomial(ct, stage) for ct in values[stage.input]]
+        return values[self.compiled.output]
 
     def _server(self) -> ServerContext:
         if self.server is None:
             raise RuntimeError("the plan has no server context: call encode_weights first")
         return self.server
 
-    def _run_affine(self, ops: _Ops, plans: list[_LatencyAffine], cts: list[Any]) -> Any:
-        """One affine stage: per input chunk a diagonal product, summed, folded, rescaled, plus the bias.
+    def _run_affine(self, ops: _Ops, row: _Row, inputs: dict[tuple[int, int], Any]) -> Any:
+        """One output chunk: per input part a diagonal product, summed, folded, rescaled, plus the bias.
 
-        The chunks of a wide input share one fold. The fold comes before the
-        rescale: folding after it would be cheaper but sums the rescale's
-        rounding error once per fold copy (8e-3 instead of 6e-4 on the
-        reference network's logits, measured).
+        The parts share one fold. The fold comes before the rescale: folding
+        after it would be cheaper but sums the rescale's rounding error once per
+        fold copy (8e-3 instead of 6e-4 on the reference network's logits, measured).
         """
         result = None
-        for plan, ct in zip(plans, cts, strict=True):
-            if not any(plan.blocks):
-                continue  # a chunk whose columns are all zero contributes nothing
-            part = self._diagonal_product(ops, plan, ct)
+        first = inputs[(row.parts[0].source, row.parts[0].chunk)]
+        for part in row.parts:
+            if not any(part.blocks):
+                continue  # a part whose columns are all zero contributes nothing
+            ct = inputs[(part.source, part.chunk)]
+            blocks = part.blocks
+            if part.by_scale is not None:  # another value: its weights bring it to the first one's scale
+                scale = ops.server.prime_at(ct.parms_id()) * first.scale / ct.scale
+                if scale not in part.by_scale:
+                    part.by_scale[scale] = _encode_blocks(ops.server, part.blocks, ct.parms_id(), scale)
+                blocks = part.by_scale[scale]
+            product = self._diagonal_product(ops, part, ct, blocks)
             if result is None:
-                result = part
+                result = product
             else:
-                ops.ev.add_inplace(result, part)
+                ops.match_scale(product, result.scale)
+                ops.ev.add_inplace(result, product)
         if result is None:  # an all-zero matrix
-            result = ops.mul_scalar_pending(cts[0], 0.0)
-        plan = plans[0]
-        for step in plan.fold_steps:
+            first = row.parts[0]
+            ct = inputs[(first.source, first.chunk)]
+            result = ops.tiny(ct, ops.server.prime_at(ct.parms_id()))
+        for step in row.fold_steps:
             rotated = ops.new()
             ops.ev.rotate_vector(result, step, ops.server.public.galois_keys, rotated)
             ops.ev.add_inplace(result, rotated)
         if not self.weight_bits:  # a square chain leaves the rescale to the square that follows
             ops.rescale(result)
         scale = result.scale
-        if scale not in plan.bias_cache:
-            bias = np.zeros(plan.m_pad)
-            bias[: plan.stage.out_size] = plan.stage.bias
-            plan.bias_cache[scale] = ops.server.encode(np.tile(bias, self.slots // plan.m_pad), result.parms_id(), scale)
-        ops.ev.add_plain_inplace(result, plan.bias_cache[scale])
+        if scale not in row.bias_cache:
+            bias = np.zeros(row.m_pad)
+            part_bias = row.stage.bias[row.rows]
+            bias[: len(part_bias)] = part_bias
+            row.bias_cache[scale] = ops.server.encode(np.tile(bias, self.slots // row.m_pad), result.parms_id(), scale)
+        if not row.bias_cache[scale].is_zero():
+            ops.ev.add_plain_inplace(result, row.bias_cache[scale])
         return result
 
-    def _diagonal_product(self, ops: _Ops, plan: _LatencyAffine, ct: Any) -> Any:
+    def _diagonal_product(self, ops: _Ops, part: _Part, ct: Any, blocks: list[list[tuple[int, Any]]]) -> Any:
         """matrix @ x by the diagonal method with baby-step/giant-step rotations, not yet folded or rescaled."""
         ev, keys = ops.ev, ops.server.public.galois_keys
         babies = {0: ct}
-        for b in range(1, plan.giant):
+        for b in range(1, part.giant):
             babies[b] = ops.new()
             ev.rotate_vector(babies[b - 1], 1, keys, babies[b])
         result = None
-        for block in reversed(plan.blocks):  # Horner over giant steps: one key for step g
+        for block in reversed(blocks):  # Horner over giant steps: one key for step g
             inner = ops.dot((babies[b], plain) for b, plain in block)
             if result is not None:
-                ev.rotate_vector_inplace(result, plan.giant, keys)
+                ev.rotate_vector_inplace(result, part.giant, keys)
                 if inner is not None:
                     ev.add_inplace(result, inner)
             else:
                 result = inner
-        assert result is not None  # the caller skips all-zero matrices
+        if result is None:  # every diagonal rounded to zero
+            result = ops.tiny(ct, ops.server.prime_at(ct.parms_id()))
         return result
 
     def layout_fields(self) -> dict[str, int]:
@@ -444,6 +733,16 @@ class LatencyPlan:
 
     def pack(self, x: np.ndarray) -> list[np.ndarray]:
         return pack_latency(x, self.input_period, self.slots, self.chunks, self.input_block, self.input_width)
+
+
+def _encode_blocks(server: ServerContext, blocks: list[list[tuple[int, Any]]], parms_id: Any,
+                   scale: float) -> list[list[tuple[int, Any]]]:
+    """Diagonals as plaintexts at ``scale``; those that round to zero are dropped."""
+    out = []
+    for block in blocks:
+        plains = [(b, server.encode(d, parms_id, scale)) for b, d in block]
+        out.append([(b, p) for b, p in plains if not p.is_zero()])
+    return out
 
 
 def _columns(matrix: np.ndarray, start: int, width: int) -> np.ndarray:
@@ -508,27 +807,44 @@ class BatchPlan:
         ops = _Ops(server)
         stages = self.compiled.stages
         last = len(stages) - 1
+        values: dict[int, list[Any]] = {INPUT: list(cts)}
         i = 0
         while i <= last:
             stage = stages[i]
             if not isinstance(stage, AffineStage):
-                cts = [ops.polynomial(ct, stage, i == last) for ct in cts]
+                values[i] = self._poly_rows(ops, stage, values[stage.input], 0, len(values[stage.input]))
                 i += 1
                 continue
-            scale = weight_scale(server, cts[0].parms_id(), cts[0].scale, self.weight_bits, i == last)
+            inputs = ops.aligned([ct for k in stage.inputs for ct in values[k]])
+            scale = weight_scale(server, inputs[0].parms_id(), inputs[0].scale, self.weight_bits, i == last)
             after = stages[i + 1] if i < last else None
-            poly = after if isinstance(after, PolyStage) else None
+            # the activation right after, when it reads only this stage, runs in the same worker
+            poly = after if (isinstance(after, PolyStage) and after.input == i
+                             and self.compiled.users(i) == [i + 1] and self.compiled.output != i) else None
 
-            def rows(lo: int, hi: int, stage: AffineStage = stage, inputs: list[Any] = cts, scale: float = scale,
-                     poly: PolyStage | None = poly, poly_last: bool = i + 1 == last) -> list[Any]:
+            def rows(lo: int, hi: int, stage: AffineStage = stage, inputs: list[Any] = inputs, scale: float = scale,
+                     poly: PolyStage | None = poly) -> list[Any]:
                 out = self._run_affine(ops, stage, inputs, scale, range(lo, hi))
-                return [ops.polynomial(ct, poly, poly_last) for ct in out] if poly is not None else out
+                return self._poly_rows(ops, poly, out, lo, hi) if poly is not None else out
 
             # bytes of one uncompressed ciphertext at this level: outputs are never larger
-            size = cts[0].size() * cts[0].coeff_modulus_size() * cts[0].poly_modulus_degree() * 8
-            cts = self._split_rows(rows, stage.out_size, server, size)
-            i += 2 if poly is not None else 1
-        return cts
+            size = inputs[0].size() * inputs[0].coeff_modulus_size() * inputs[0].poly_modulus_degree() * 8
+            out = self._split_rows(rows, stage.out_size, server, size)
+            if poly is not None:
+                values[i], values[i + 1] = [], out
+                i += 2
+            else:
+                values[i] = out
+                i += 1
+        return values[self.compiled.output]
+
+    @staticmethod
+    def _poly_rows(ops: _Ops, stage: PolyStage, cts: list[Any], lo: int, hi: int) -> list[Any]:
+        """``stage`` on the ciphertexts of elements ``lo..hi`` (each with its own coefficients when fitted)."""
+        if stage.fit is None:
+            return [ops.polynomial(ct, stage) for ct in cts]
+        coefficients = stage.fit.coefficients[lo:hi]
+        return [ops.polynomial(ct, stage, list(c)) for ct, c in zip(cts, coefficients, strict=True)]
 
     def _split_rows(self, compute: Any, n: int, server: ServerContext, ciphertext_bytes: int = 0) -> list[Any]:
         """``compute(lo, hi)`` for rows ``0..n``, over ``workers`` processes; results in row order.
@@ -580,7 +896,11 @@ class BatchPlan:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any], scale: float, rows: range) -> list[Any]:
-        """Output ``rows`` of ``stage``, weights encoded at ``scale``; rescaled unless in a square chain."""
+        """Output ``rows`` of ``stage``, weights encoded at ``scale``; rescaled unless in a square chain.
+
+        Weights that round to zero at ``scale`` are skipped; a row left with none
+        is a near-zero ciphertext SEAL accepts, plus the bias.
+        """
         parms = cts[0].parms_id()
         ev, encode = ops.ev, ops.server.encode
         block = stage.matrix[rows.start : rows.stop]
@@ -589,22 +909,28 @@ class BatchPlan:
         # Column by column: each input ciphertext is read from memory once and stays in
         # cache while it is added into every row that uses it (row by row streams all
         # inputs once per row). Scalar plaintexts are cheap to encode and large to keep.
-        for j in np.flatnonzero(block.any(axis=0)):
+        # Inputs from different values (a residual) can differ in scale: each column's weights
+        # are encoded to bring its products to the first column's scale.
+        scales = np.array([scale * cts[0].scale / ct.scale for ct in cts])
+        for j in np.flatnonzero(np.abs(block).max(axis=0) * scales >= 0.5):
             ct, column = cts[j], block[:, j]
-            for k in np.flatnonzero(column):
-                plain = encode(float(column[k]), parms, scale)
+            for k in np.flatnonzero(np.abs(column) * scales[j] >= 0.5):
+                plain = encode(float(column[k]), parms, float(scales[j]))
+                if plain.is_zero():
+                    continue
                 if accs[k] is None:
                     accs[k] = ops.new()
                     ev.multiply_plain(ct, plain, accs[k])
                 else:
                     ev.multiply_plain(ct, plain, term)
+                    if term.scale != accs[k].scale:
+                        ops.match_scale(term, accs[k].scale)
                     ev.add_inplace(accs[k], term)
         out = []
         for k, r in enumerate(rows):
             acc = accs[k]
-            if acc is None:  # an all-zero row
-                acc = ops.new()
-                ev.multiply_plain(cts[0], encode(0.0, parms, scale), acc)
+            if acc is None:  # every weight of the row is (or rounds to) zero
+                acc = ops.tiny(cts[0], scale)
             if not self.weight_bits:
                 ops.rescale(acc)
             ops.add_scalar(acc, float(stage.bias[r]))

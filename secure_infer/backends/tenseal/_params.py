@@ -78,11 +78,14 @@ class CKKSParameters:
                 f"scale 2^{self.scale_bits}, depth {self.depth}")
 
 
-def choose(depth: int, *, max_abs_output: float, slots_needed: int, scale_bits: int | None = None) -> CKKSParameters:
+def choose(depth: int, *, max_abs_output: float, slots_needed: int, scale_bits: int | None = None,
+           min_scale_bits: int = 25) -> CKKSParameters:
     """The smallest 128-bit-secure parameters for ``depth`` rescales.
 
     ``max_abs_output`` (seen on calibration data, with margin) sizes the first
     prime so decryption cannot wrap around; ``slots_needed`` the ring.
+    ``min_scale_bits`` is the coarsest scale accepted (high-degree polynomial
+    series amplify rounding: programs with fitted activations ask for 30).
     """
     if depth < 0:
         raise ParameterError("depth must be >= 0")
@@ -91,7 +94,7 @@ def choose(depth: int, *, max_abs_output: float, slots_needed: int, scale_bits: 
         if n // 2 < slots_needed:
             continue
         bound = max_bits_128(n)
-        for scale in ([scale_bits] if scale_bits else [40, 36, 33, 30, 28, 26, 25]):
+        for scale in ([scale_bits] if scale_bits else [b for b in (40, 36, 33, 30, 28, 26, 25) if b >= min_scale_bits]):
             first = scale + headroom + 1
             if first > 60:
                 continue  # the output would not fit above this scale

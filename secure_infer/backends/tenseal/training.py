@@ -132,7 +132,7 @@ def train_logistic_regression(
         # sigmoid(z) ~ c0 + c1 z + c2 z^2 + c3 z^3, Horner, two levels
         from secure_infer.backends.tenseal._compile import PolyStage
 
-        pred = ops.polynomial(z, PolyStage(coeffs, "sigmoid", exact=False), last=True)
+        pred = ops.polynomial(z, PolyStage(0, coeffs, "sigmoid", exact=True))
         labels = ops.mod_to(enc_y, pred)
         labels.scale = pred.scale
         ev.sub_inplace(pred, labels)  # error = prediction - label
@@ -141,7 +141,7 @@ def train_logistic_regression(
             if xj is None:
                 terms.append(pred)
                 continue
-            term = ops.mul(pred, ops.mod_to(xj, pred))
+            term = ops.relinearized_product(pred, ops.mod_to(xj, pred))
             ev.rescale_to_next_inplace(term)
             terms.append(term)
         server_s += time.perf_counter() - t0
