@@ -21,6 +21,22 @@ from secure_infer.anchors import TutorialPipeline
 SLOTS = 4096
 
 
+class TutorialConvNet(torch.nn.Module):
+    """The reference network as TenSEAL's tutorial writes it: ``x * x`` in forward, ``x.view(-1, 256)``."""
+
+    def __init__(self, zoo_model: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.conv1, self.fc1, self.fc2 = zoo_model[0], zoo_model[3], zoo_model[5]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = x * x
+        x = x.view(-1, 256)
+        x = self.fc1(x)
+        x = x * x
+        return self.fc2(x)
+
+
 @pytest.fixture(scope="module")
 def reference():
     torch.manual_seed(0)
@@ -39,6 +55,9 @@ def wrapped(reference):
                                           schedule="square-chain")
     # both cores: each layer's rows split across two processes
     out["batch-2-workers"] = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=x[:256], workers=2)
+    # the same weights written the tutorial's way (x * x, view): the front end must give the same program
+    out["latency-tutorial-spelling"] = si.wrap(TutorialConvNet(model).eval(), "tenseal", sample_input=x[:1],
+                                               mode="latency", calibration=x[:256])
     return out
 
 
@@ -59,7 +78,7 @@ def test_tenseal_handwritten_one_image(benchmark, reference) -> None:
     benchmark.extra_info["max_abs_error"] = float((out - model(x[:1]).detach()[0]).abs().max())
 
 
-@pytest.mark.parametrize("variant", ["latency", "latency-square-chain"])
+@pytest.mark.parametrize("variant", ["latency", "latency-square-chain", "latency-tutorial-spelling"])
 def test_secure_infer_latency_one_image(benchmark, reference, wrapped, variant) -> None:
     model, x = reference
     enc = wrapped[variant]

@@ -1,12 +1,15 @@
 """Small reference models with fast, deterministic training.
 
-The four families are the ones the encrypted-inference literature measures:
+The five families are the ones the encrypted-inference literature measures:
 
 * ``logreg``     logistic regression (one linear layer);
 * ``mlp``        one hidden ReLU layer;
 * ``cryptonets`` a CryptoNets-style CNN: strided conv and x**2 activations, so
   every layer is a polynomial and HE can evaluate it exactly;
-* ``lenet``      a LeNet-style CNN with ReLU and max-pooling, the usual MPC target.
+* ``lenet``      a LeNet-style CNN with ReLU and max-pooling, the usual MPC target;
+* ``vit``        a tiny Vision Transformer (patch embedding, class token, 2 pre-norm
+  encoder blocks with hand-written multi-head self-attention, GELU MLPs,
+  LayerNorm), the kind of model MPC transformer-inference papers measure.
 
 Layer sizes follow the input: on 28x28 inputs ``cryptonets`` is TenSEAL's MNIST
 tutorial network (conv 1->4 7x7 stride 3, fc 256->64, fc 64->10) and ``lenet``
@@ -26,6 +29,7 @@ from torch import nn
 
 from secure_infer._errors import DatasetError, ParameterError
 from secure_infer.datasets import Dataset, load
+from secure_infer.layers import Square
 
 __all__ = [
     "Square",
@@ -39,13 +43,6 @@ __all__ = [
     "save_model",
     "train",
 ]
-
-
-class Square(nn.Module):
-    """The activation x -> x**2 (CryptoNets): exact under HE, one multiplication deep."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * x
 
 
 def _flat(shape: tuple[int, ...]) -> int:
@@ -120,6 +117,72 @@ def _lenet(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention written out (as timm's ViT does): qkv projection, scaled scores, softmax."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer encoder block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """A Vision Transformer small enough to train on the digits in seconds and run under MPC."""
+
+    def __init__(self, channels: int, size: int, num_classes: int, *, patch: int, dim: int = 32, depth: int = 2,
+                 heads: int = 2) -> None:
+        super().__init__()
+        tokens = (size // patch) ** 2
+        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, tokens, dim)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])
+
+
+def _vit(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    c, h, w = _check_image("vit", input_shape)
+    if h != w:
+        raise ParameterError(f"zoo model 'vit' needs square images, got {h}x{w}")
+    patch = 2 if h <= 16 else 4
+    if h % patch:
+        raise ParameterError(f"zoo model 'vit' needs an image side divisible by {patch}, got {h}")
+    return TinyViT(c, h, num_classes, patch=patch)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a zoo model is trained: Adam on cross-entropy, seeded."""
@@ -135,6 +198,7 @@ _BUILDERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "mlp": _mlp,
     "cryptonets": _cryptonets,
     "lenet": _lenet,
+    "vit": _vit,
 }
 
 _DEFAULT_TRAINING: dict[str, TrainConfig] = {
@@ -142,6 +206,7 @@ _DEFAULT_TRAINING: dict[str, TrainConfig] = {
     "mlp": TrainConfig(epochs=30, lr=0.01),
     "cryptonets": TrainConfig(epochs=30, lr=0.005),
     "lenet": TrainConfig(epochs=20, lr=0.005),
+    "vit": TrainConfig(epochs=30, lr=0.003),
 }
 
 

@@ -9,7 +9,7 @@ from secure_infer import datasets, zoo
 from secure_infer._errors import DatasetError, ParameterError
 
 # Floors well below what the models reach (0.96-0.98) yet far above chance (0.10).
-ACCURACY_FLOOR = {"logreg": 0.93, "mlp": 0.95, "cryptonets": 0.94, "lenet": 0.95}
+ACCURACY_FLOOR = {"logreg": 0.93, "mlp": 0.95, "cryptonets": 0.94, "lenet": 0.95, "vit": 0.9}
 
 
 @pytest.mark.parametrize("name", zoo.available())
