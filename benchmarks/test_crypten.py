@@ -141,3 +141,24 @@ def test_wrapper_overhead_interleaved(benchmark, mnist_lenet, started_first: str
     finally:
         raw.close()
         wrapped.close()
+
+
+@pytest.fixture(scope="module")
+def digits_vit(digits):
+    return zoo.pretrained("vit", digits, seed=0)
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_tiny_vit_two_parties(benchmark, digits_vit, digits, batch: int) -> None:
+    """The zoo's tiny Vision Transformer (hand-written attention, LayerNorm, GELU) under 2 real parties."""
+    x = digits.x_test[:batch]
+    benchmark.group = f"crypten vit b{batch}"
+    with si.wrap(digits_vit.model, "crypten", sample_input=x[:1], parties=2) as enc:
+        y = benchmark.pedantic(enc, args=(x,), kwargs={"compare": True}, rounds=3, warmup_rounds=1)
+        run = enc.last_run
+        plain = digits_vit.model(x).detach()
+        benchmark.extra_info.update(
+            bytes_sent=run.bytes_sent, rounds=run.rounds, max_abs_error=run.max_abs_error,
+            argmax_agreement=float((y.argmax(1) == plain.argmax(1)).float().mean()),
+            approximated=[c.layer for c in enc.report().conversions if c.kind == "approximated"],
+        )

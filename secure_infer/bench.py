@@ -28,14 +28,14 @@ __all__ = ["Cell", "PRESETS", "run_matrix", "write_report"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
+        "models": ["logreg", "mlp", "cryptonets", "lenet", "vit", "reference28", "lenet28"],
         "executions": ["plaintext-cpu", "plaintext-gpu", "raw-crypten-2p", "crypten-2p", "tenseal-handwritten",
                        "tenseal-latency", "tenseal-latency-chain", "tenseal-batch"],
         "batches": [1, 16],
         "repeats": 2,
     },
     "full": {
-        "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
+        "models": ["logreg", "mlp", "cryptonets", "lenet", "vit", "reference28", "lenet28"],
         "executions": ["plaintext-cpu", "plaintext-gpu", "raw-crypten-2p", "crypten-2p", "crypten-3p",
                        "crypten-gpu", "tenseal-handwritten", "tenseal-latency", "tenseal-latency-chain",
                        "tenseal-batch", "tenseal-batch-2w"],
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 PRESETS["gpu"] = {
-    "models": ["logreg", "mlp", "cryptonets", "lenet", "reference28", "lenet28"],
+    "models": ["logreg", "mlp", "cryptonets", "lenet", "vit", "reference28", "lenet28"],
     "executions": ["plaintext-cpu", "plaintext-gpu", "crypten-gpu"],
     "batches": [1, 16, 64],
     "repeats": 5,
@@ -147,6 +147,8 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
         return Cell(model_name, execution, batch, "not run", "the full-slot batch applies to tenseal-batch only")
     try:
         enc = si.wrap(z.model, backend, sample_input=data.x_test[:1], **options)
+    except si.UnsupportedModelError as exc:  # e.g. no polynomial degree fits the largest ring
+        return Cell(model_name, execution, batch, "not run", str(exc).split(". ")[0])
     except si.ParameterError as exc:
         if "schedule" not in options:
             raise
@@ -175,7 +177,8 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
             cell.bytes_per_input = (run.bytes_sent or 0) / size
             cell.key_bytes = run.extra["public_key_material_bytes"]
             cell.extra.update(depth=run.extra["depth_used"], slots=run.extra["slots"],
-                              encrypt_s=run.encrypt_s, compute_s=run.compute_s, decrypt_s=run.decrypt_s)
+                              encrypt_s=run.encrypt_s, compute_s=run.compute_s, decrypt_s=run.decrypt_s,
+                              worst_case_error=enc.program.worst_case_error)
         return cell
 
 
@@ -285,7 +288,8 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
                     on_cell(cell)
     widths, degree_list = spec.get("widths", [16, 64, 256]), spec.get("degrees", [7, 15, 31, 63])
     depths = spec.get("depths", [1, 2, 3])
-    scaling = scaling_sweep(seed, digits, widths=widths, depths=depths) if widths else None
+    scaling = (scaling_sweep(seed, digits, widths=widths, depths=depths,
+                             degree=spec.get("sweep_degree", SWEEP_DEGREE)) if widths else None)
     degrees = degree_sweep(seed, digits, degrees=degree_list) if degree_list else None
     return {
         "preset": preset,
@@ -318,7 +322,7 @@ def _mlp(width: int, seed: int, depth: int = 1) -> torch.nn.Module:
 
 
 def _sweep_rows(models: list[tuple[dict[str, Any], torch.nn.Module]], data: datasets.Dataset,
-                x: torch.Tensor) -> list[dict[str, Any]]:
+                x: torch.Tensor, degree: int) -> list[dict[str, Any]]:
     import secure_infer as si
 
     rows = []
@@ -327,7 +331,7 @@ def _sweep_rows(models: list[tuple[dict[str, Any], torch.nn.Module]], data: data
         rows.append({**info, "execution": "plaintext-cpu", "seconds": cpu.p50_s})
         for execution, backend, options in (("crypten-2p", "crypten", {}),
                                             ("tenseal-batch", "tenseal", {"mode": "batch", "calibration": data.x_train[:256],
-                                                                          "poly_degree": SWEEP_DEGREE})):
+                                                                          "poly_degree": degree})):
             with si.wrap(model, backend, sample_input=x[:1], **options) as enc:
                 samples, _ = _time(lambda enc=enc: enc(x), 1 if backend == "tenseal" else 3, warmup=backend != "tenseal")
             rows.append({**info, "execution": execution, "seconds": statistics.median(samples)})
@@ -335,7 +339,7 @@ def _sweep_rows(models: list[tuple[dict[str, Any], torch.nn.Module]], data: data
 
 
 def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], depths: list[int] | None = None,
-                  batch: int = 16) -> dict[str, Any]:
+                  batch: int = 16, degree: int = SWEEP_DEGREE) -> dict[str, Any]:
     """Cost against model size, so a bigger model's cost can be predicted before running it.
 
     Width: MLPs 64-width-10, log-log slope of time against parameters
@@ -349,7 +353,7 @@ def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], depth
                  _mlp(w, seed)) for w in widths]
     by_depth = [({"sweep": "depth", "width": 64, "depth": d, "params": sum(p.numel() for p in _mlp(64, seed, d).parameters())},
                  _mlp(64, seed, d)) for d in (depths or [])]
-    rows = _sweep_rows(by_width + by_depth, data, x)
+    rows = _sweep_rows(by_width + by_depth, data, x, degree)
     fits: dict[str, dict[str, float]] = {}
     depth_fits: dict[str, dict[str, float]] = {}
     for execution in sorted({r["execution"] for r in rows}):
@@ -363,7 +367,7 @@ def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], depth
             depth_fits[execution] = {"seconds_per_layer": float(slope), "intercept": float(intercept)}
     return {"batch": batch, "rows": rows, "fits": fits, "depth_fits": depth_fits,
             "note": f"time ~ exp(intercept) * params ** slope, MLP 64-width-10 on digits, one batch; "
-                    f"under CKKS the ReLUs are degree-{SWEEP_DEGREE} polynomials"}
+                    f"under CKKS the ReLUs are degree-{degree} polynomials"}
 
 
 def batch_fits(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -11,7 +11,7 @@ from secure_infer.attacks import suite
 
 TINY = suite.SuiteConfig(members=50, non_members=60, epochs=200, shadows=2, budgets=(20, 60), inversion_steps=15,
                          dp_epsilons=(8.0,), backends=("crypten", "tenseal"), privacy_inputs=150,
-                         tenseal_degree=3)
+                         tenseal_degree=2)
 
 
 @pytest.fixture(scope="module")

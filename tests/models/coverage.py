@@ -99,7 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/model-coverage.md"))
     parser.add_argument("--only", nargs="*", default=None, help="corpus entries to run (default: all)")
-    parser.add_argument("--he-budget", type=int, default=3000,
+    parser.add_argument("--he-budget", type=int, default=1500,
                         help="largest batch cost (ciphertext multiplications) run encrypted on all 256 inputs")
     parser.add_argument("--latency-inputs", type=int, default=1,
                         help="inputs run encrypted in latency mode when a batch costs more than --he-budget")

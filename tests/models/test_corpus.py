@@ -32,7 +32,7 @@ def test_crypten_converts_everything_exactly_in_argmax(entry) -> None:
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=NAMES)
 def test_tenseal_converts_or_refuses_clearly(entry) -> None:
-    outcome = run(entry, "tenseal", he_budget=600)
+    outcome = run(entry, "tenseal", he_budget=300)  # real encryption for the cheap ones keeps CI to minutes
     assert outcome.status != "error", outcome.message
     if outcome.status == "unsupported":
         assert "crypten" in outcome.message or "tolerance" in outcome.message  # it says what to do instead

@@ -228,12 +228,13 @@ class TensealProgram(Program):
         if not isinstance(self.plan, LatencyPlan):
             return "CryptoNets: ciphertext j holds feature j of up to slots inputs"
         plan, out = self.plan, []
-        if plan.chunks > 1:
-            out.append(f"input split into {plan.chunks} ciphertexts")
-        elif plan.input_block:
-            out.append(f"input blocked (blocks of {plan.input_block} slots, {plan.input_width} values each)")
+        layout = plan.input_layout
+        if layout.chunks > 1:
+            out.append(f"input split into {layout.chunks} ciphertexts")
+        elif layout.block:
+            out.append(f"input blocked (blocks of {layout.block} slots, {layout.width} values each)")
         else:
-            out.append(f"input repeated with period {plan.input_period}")
+            out.append(f"input repeated with period {layout.period}")
         diagonals = [sum(len(b) for row in plan.affine[i] for b in row.blocks) for i in sorted(plan.affine)]
         out.append(f"diagonals per affine stage {diagonals}")
         if plan.output_chunks > 1:
@@ -243,9 +244,10 @@ class TensealProgram(Program):
     def _slots_used(self, rows: int) -> int:
         if not isinstance(self.plan, LatencyPlan):
             return min(rows, self.params.slots)
-        if self.plan.input_block:  # the blocked packing: every slot of a span does distinct work
-            return self.plan.input_period * self.plan.input_block // self.plan.input_width
-        return self.plan.input_period * self.plan.chunks
+        layout = self.plan.input_layout
+        if layout.block:  # the blocked packing: every slot of a span does distinct work
+            return layout.period * layout.block // layout.width
+        return layout.period * layout.chunks
 
     def layout(self) -> dict[str, Any]:
         """What the server publishes for the client: shapes, packing and parameters, never weights."""

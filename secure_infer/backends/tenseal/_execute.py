@@ -441,20 +441,13 @@ class LatencyPlan:
         return _Layout(chunks, self.slots if chunks > 1 else pow2(size))
 
     @property
+    def input_layout(self) -> _Layout:
+        """The client's packing of the input (chunks, period and, when blocked, block and width)."""
+        return self.layouts[INPUT]
+
+    @property
     def chunks(self) -> int:
         return self.layouts[INPUT].chunks
-
-    @property
-    def input_period(self) -> int:
-        return self.layouts[INPUT].period
-
-    @property
-    def input_block(self) -> int:
-        return self.layouts[INPUT].block
-
-    @property
-    def input_width(self) -> int:
-        return self.layouts[INPUT].width
 
     def stage_level(self, i: int) -> int:
         """Rescales done before stage ``i`` runs (the level its plaintexts are encoded at)."""
@@ -728,11 +721,13 @@ class LatencyPlan:
 
     def layout_fields(self) -> dict[str, int]:
         """The packing the client must use, as :class:`~._client.Layout` fields (widths only, no weight)."""
-        return {"period": self.input_period, "chunks": self.chunks, "output_chunks": self.output_chunks,
-                "block": self.input_block, "width": self.input_width}
+        layout = self.input_layout
+        return {"period": layout.period, "chunks": layout.chunks, "output_chunks": self.output_chunks,
+                "block": layout.block, "width": layout.width}
 
     def pack(self, x: np.ndarray) -> list[np.ndarray]:
-        return pack_latency(x, self.input_period, self.slots, self.chunks, self.input_block, self.input_width)
+        layout = self.input_layout
+        return pack_latency(x, layout.period, self.slots, layout.chunks, layout.block, layout.width)
 
 
 def _encode_blocks(server: ServerContext, blocks: list[list[tuple[int, Any]]], parms_id: Any,
