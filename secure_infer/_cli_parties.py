@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -50,12 +51,18 @@ def serve(console: Console, z: zoo.ZooModel, data: datasets.Dataset, *, host: st
     bound_host, bound_port = server.address
     console.print(f"serving {z.name} on {bound_host}:{bound_port}: input shape {layout.input_shape}, "
                   f"N={layout.params.poly_modulus_degree}, rotation keys {list(layout.rotation_steps)}. "
-                  f"Query with `secure-infer query {bound_host}:{bound_port} {z.dataset}:0-9`; Ctrl-C stops.")
+                  f"Query with `secure-infer query {bound_host}:{bound_port} {z.dataset}:0-9`; Ctrl-C or SIGTERM stops.")
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (systemd, docker, kill) stops as gracefully as Ctrl-C; SIGINT may be ignored in background jobs.
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.close()
         console.print(f"stopped after {server.stats.connections} connections, {server.stats.queries} queries; "
                       f"errors by kind: {dict(server.stats.errors) or 'none'}")

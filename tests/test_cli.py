@@ -88,8 +88,12 @@ def test_serve_and_query_from_the_command_line(tmp_path: Path) -> None:
                               "digits:0-99999"], capture_output=True, text=True, env=env, timeout=120)
         assert bad.returncode == 2 and "test split has indices" in bad.stderr
     finally:
-        server.send_signal(signal.SIGINT)
-        tail = server.communicate(timeout=30)[0]
+        server.send_signal(signal.SIGTERM)  # what a service manager sends; SIGINT is ignored in background jobs
+        try:
+            tail = server.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
     assert server.returncode == 0 and "stopped after" in tail
 
 
