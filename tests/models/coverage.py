@@ -74,8 +74,8 @@ def write(outcomes: list[harness.Outcome], out: Path, seconds: float) -> None:
         "- A refusal is a `secure_infer.UnsupportedModelError` naming the layer and the alternative; any other "
         "exception would be listed as ERROR.",
         "",
-        "| model | idiom (source) | CrypTen | TenSEAL | TenSEAL encrypted | depth, ring | bound | TenSEAL refusal |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | idiom (source) | CrypTen | TenSEAL | TenSEAL encrypted | depth, ring | bound | seconds (CrypTen, TenSEAL) | TenSEAL refusal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         ct, ts = by.get((e.name, "crypten")), by.get((e.name, "tenseal"))
@@ -84,6 +84,7 @@ def write(outcomes: list[harness.Outcome], out: Path, seconds: float) -> None:
         lines.append(
             f"| {e.name} | {e.source.replace('|', '/')} | {_cell(ct) if ct else '-'} | {_cell(ts) if ts else '-'} | "
             f"{_encrypted(ts) if ts else '-'} | {ring} | {bound} | "
+            f"{ct.seconds if ct else 0:.0f}, {ts.seconds if ts else 0:.0f} | "
             f"{_first_line(ts.message) if ts and ts.status != 'converts' else ''} |")
     counts = {b: {s: sum(1 for o in outcomes if o.backend == b and o.status == s)
                   for s in ("converts", "unsupported", "error")} for b in harness.BACKENDS}
@@ -99,7 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/model-coverage.md"))
     parser.add_argument("--only", nargs="*", default=None, help="corpus entries to run (default: all)")
-    parser.add_argument("--he-budget", type=int, default=1500,
+    parser.add_argument("--he-budget", type=int, default=600,
                         help="largest batch cost (ciphertext multiplications) run encrypted on all 256 inputs")
     parser.add_argument("--latency-inputs", type=int, default=1,
                         help="inputs run encrypted in latency mode when a batch costs more than --he-budget")
@@ -116,6 +117,8 @@ def main() -> int:
                 outcomes.append(harness.run(entry, backend, real_parties=True, he_budget=args.he_budget,
                                             latency_inputs=args.latency_inputs))
                 progress.advance(task)
+                # a partial table after every run: an interrupted regeneration keeps what it measured
+                write(outcomes, args.out, time.perf_counter() - started)
     write(outcomes, args.out, time.perf_counter() - started)
     errors = [o for o in outcomes if o.status == "error"]
     for o in errors:
