@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 
 @dataclass
 class TutorialPipeline:
-    context: object
+    context: Any  # a tenseal.Context; TenSEAL ships no type information
     conv: nn.Conv2d
     fc1: nn.Linear
     fc2: nn.Linear
@@ -30,10 +31,12 @@ class TutorialPipeline:
         """The tutorial method covers conv(1 channel in) -> x^2 -> fc -> x^2 -> fc, square kernels."""
         from secure_infer.zoo import Square
 
-        kinds = [type(m) for m in model.children()] if isinstance(model, nn.Sequential) else []
-        return (kinds == [nn.Conv2d, Square, nn.Flatten, nn.Linear, Square, nn.Linear]
-                and input_shape[0] == 1 and model[0].padding == (0, 0)
-                and model[0].kernel_size[0] == model[0].kernel_size[1])
+        if (not isinstance(model, nn.Sequential)
+                or [type(m) for m in model.children()] != [nn.Conv2d, Square, nn.Flatten, nn.Linear, Square, nn.Linear]):
+            return False
+        conv = model[0]
+        return (isinstance(conv, nn.Conv2d) and input_shape[0] == 1 and conv.padding == (0, 0)
+                and conv.kernel_size[0] == conv.kernel_size[1])
 
     @classmethod
     def build(cls, model: nn.Sequential) -> TutorialPipeline:
@@ -43,7 +46,8 @@ class TutorialPipeline:
                              coeff_mod_bit_sizes=[31, 26, 26, 26, 26, 26, 26, 31])
         context.global_scale = 2**26
         context.generate_galois_keys()
-        conv, fc1, fc2 = model[0], model[3], model[5]
+        # the layout supports() accepts: conv, square, flatten, fc1, square, fc2
+        conv, fc1, fc2 = cast(nn.Conv2d, model[0]), cast(nn.Linear, model[3]), cast(nn.Linear, model[5])
         return cls(context, conv, fc1, fc2)
 
     def public_context_bytes(self) -> int:
@@ -63,6 +67,7 @@ class TutorialPipeline:
         t1 = time.perf_counter()
         channels = []
         weights = self.conv.weight.detach()
+        assert self.conv.bias is not None  # the tutorial's conv has a bias
         for weight, bias in zip(weights, self.conv.bias.detach(), strict=True):
             channels.append(enc_x.conv2d_im2col(weight.reshape(kernel, kernel).tolist(), windows) + float(bias))
         enc = ts.CKKSVector.pack_vectors(channels)

@@ -76,12 +76,15 @@ def _split(
     return train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
 
 
-def _tensors(*arrays: np.ndarray) -> list[torch.Tensor]:
-    out = []
-    for a in arrays:
-        kind = torch.int64 if a.dtype.kind in "iu" else torch.float32
-        out.append(torch.as_tensor(np.ascontiguousarray(a)).to(kind))
-    return out
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    kind = torch.int64 if a.dtype.kind in "iu" else torch.float32
+    return torch.as_tensor(np.ascontiguousarray(a)).to(kind)
+
+
+def _tensors(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _tensor(x_train), _tensor(y_train), _tensor(x_test), _tensor(y_test)
 
 
 def load_digits(*, seed: int = 0, test_size: float = 0.25, flatten: bool = False) -> Dataset:

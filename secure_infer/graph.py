@@ -516,7 +516,8 @@ def _softmax_module(call: _Call, module: nn.Module) -> _Ref:
     ndim = len(call.conv.shape(x))
     if isinstance(module, nn.Softmax2d):
         return _softmax_node(call, nn.Softmax, _dim(-3, ndim))
-    dim = module.dim if module.dim is not None else (0 if ndim in (0, 1, 3) else 1)  # type: ignore[union-attr]
+    assert isinstance(module, nn.Softmax | nn.LogSoftmax)  # _MODULES sends only these three here
+    dim = module.dim if module.dim is not None else (0 if ndim in (0, 1, 3) else 1)
     return _softmax_node(call, type(module) if type(module) in (nn.Softmax, nn.LogSoftmax) else nn.Softmax,
                          _dim(dim, ndim))
 
@@ -889,12 +890,18 @@ def _conv_fn(dims: int) -> Callable[[_Call], _Ref]:
         assert weight is not None
         stride, padding = call.value(call.arg(3, "stride", 1)), call.value(call.arg(4, "padding", 0))
         dilation, groups = call.value(call.arg(5, "dilation", 1)), int(call.value(call.arg(6, "groups", 1)))
-        cls = nn.Conv1d if dims == 1 else nn.Conv2d
-        layer = cls(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
-                    padding=padding, dilation=dilation, groups=groups, bias=bias is not None)
+        in_channels, out_channels, kernel = weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:])
+        layer: nn.Conv1d | nn.Conv2d
+        if dims == 1:
+            layer = nn.Conv1d(in_channels, out_channels, (kernel[0],), stride=stride, padding=padding,
+                              dilation=dilation, groups=groups, bias=bias is not None)
+        else:
+            layer = nn.Conv2d(in_channels, out_channels, (kernel[0], kernel[1]), stride=stride, padding=padding,
+                              dilation=dilation, groups=groups, bias=bias is not None)
         with torch.no_grad():
             layer.weight.copy_(weight)
             if bias is not None:
+                assert layer.bias is not None  # made with bias=True just above
                 layer.bias.copy_(bias)
         return _unary(call, "conv", layer)
 
@@ -928,6 +935,8 @@ def _batch_norm_fn(call: _Call) -> _Ref:
     x = call.data(call.node.args[0])
     cls = nn.BatchNorm2d if len(call.conv.shape(x)) == 4 else nn.BatchNorm1d
     layer = cls(mean.numel(), eps=eps, affine=weight is not None or bias is not None).eval()
+    # track_running_stats defaults to True, so the running buffers exist
+    assert layer.running_mean is not None and layer.running_var is not None
     with torch.no_grad():
         layer.running_mean.copy_(mean)
         layer.running_var.copy_(var)
@@ -1276,10 +1285,10 @@ def _validate(model: Any, sample_input: Any) -> None:
 def _vocabulary(gm: fx.GraphModule, modules: dict[str, nn.Module], sample: torch.Tensor) -> int:
     """For integer input: the vocabulary of the embeddings that read it (all must agree)."""
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    sizes = set()
+    sizes: set[int] = set()
     for user in placeholder.users:
-        if user.op == "call_module" and isinstance(modules.get(str(user.target)), nn.Embedding):
-            sizes.add(modules[str(user.target)].num_embeddings)  # type: ignore[union-attr]
+        if user.op == "call_module" and isinstance(embedding := modules.get(str(user.target)), nn.Embedding):
+            sizes.add(embedding.num_embeddings)
         elif user.op == "call_function" and user.target is F.embedding:
             weight = user.args[1] if len(user.args) > 1 else user.kwargs.get("weight")
             if isinstance(weight, fx.Node) and weight.op == "get_attr":

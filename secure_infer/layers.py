@@ -19,6 +19,7 @@ against) and can be fine-tuned.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -146,8 +147,9 @@ class AdaptiveAvgPool(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool = F.adaptive_avg_pool1d if self.dims == 1 else F.adaptive_avg_pool2d
-        return pool(x, self.output_size)
+        if self.dims == 1:
+            return F.adaptive_avg_pool1d(x, self.output_size)
+        return F.adaptive_avg_pool2d(x, cast("tuple[int, int]", self.output_size))
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
@@ -162,13 +164,15 @@ class Constant(nn.Module):
     MPC parties other than the model owner see zeros of its shape.
     """
 
+    value: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, value: torch.Tensor, batch_dim: int | None) -> None:
         super().__init__()
         self.register_buffer("value", value.detach().clone())
         self.batch_dim = batch_dim
 
     def forward(self, batch: int) -> torch.Tensor:
-        value: torch.Tensor = self.value
+        value = self.value
         if self.batch_dim is None:
             return value
         shape = list(value.shape)

@@ -93,7 +93,7 @@ def apply(graph: Graph, rewrites: Sequence[str], sample_input: torch.Tensor | No
     reference = graph.run(sample_input) if sample_input is not None else None
     for name in sorted(set(rewrites), key=_ORDER.index):
         changes = AVAILABLE[name](out)
-        if reference is not None and changes:
+        if reference is not None and sample_input is not None and changes:
             err = float((out.run(sample_input) - reference).abs().max())
             changes = [Conversion(c.path, c.layer, c.kind, c.detail, err) for c in changes]
         out.conversions.extend(changes)
