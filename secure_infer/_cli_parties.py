@@ -2,6 +2,8 @@
 
 Kept apart from :mod:`secure_infer.cli` because these are the only commands
 that use ``protocols`` (the CLI, like the façade, may use both packages).
+They print through the CLI's :class:`~secure_infer._output.Output`, so their
+tables follow the same terminal/pipe rules as every other command.
 """
 
 from __future__ import annotations
@@ -11,22 +13,38 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from secure_infer import datasets, zoo
 from secure_infer._errors import ParameterError, PartyFailure
+from secure_infer._output import Output, TextTable, report_table
 
-TRAINING = {"hidden": 16, "epochs": 5, "lr": 0.1, "batch_size": 32}  # the MPC training demo's settings
+if TYPE_CHECKING:
+    from protocols.mpc import PartyConfig
 
 
-def model_from_arg(model: str, dataset: str | None, seed: int, train: Any) -> tuple[zoo.ZooModel, datasets.Dataset]:
+@dataclass(frozen=True)
+class Training:
+    """The MPC training demo's settings (the parties and the plaintext reference use the same)."""
+
+    hidden: int = 16
+    epochs: int = 5
+    lr: float = 0.1
+    batch_size: int = 32
+
+
+TRAINING = Training()
+
+
+def model_from_arg(model: str, dataset: str | None, seed: int,
+                   train: Callable[[str, datasets.Dataset], zoo.ZooModel]) -> tuple[zoo.ZooModel, datasets.Dataset]:
     """A zoo model file, or a zoo name trained now (``train(name, data)`` shows progress)."""
     if Path(model).is_file():
         z = zoo.load_model(model)
@@ -37,19 +55,19 @@ def model_from_arg(model: str, dataset: str | None, seed: int, train: Any) -> tu
     return train(model, data), data
 
 
-def serve(console: Console, z: zoo.ZooModel, data: datasets.Dataset, *, host: str, port: int, mode: str,
+def serve(printer: Output, z: zoo.ZooModel, data: datasets.Dataset, *, host: str, port: int, mode: str,
           max_frame_mb: int, idle_timeout: float, schedule: str | None = None) -> None:
     """Compile ``z`` for CKKS and serve it until interrupted."""
     from protocols.he import HEServer
 
-    console.print(f"compiling {z.name} for CKKS ({mode} mode), calibrated on {len(data.x_train)} training inputs...")
+    printer.line(f"compiling {z.name} for CKKS ({mode} mode), calibrated on {len(data.x_train)} training inputs...")
     server = HEServer.from_model(z.model, data.x_train[:1], calibration=data.x_train, mode=mode, name=z.name,
                                  host=host, port=port, max_frame=max_frame_mb << 20, idle_timeout=idle_timeout,
                                  schedule=schedule)
-    console.print(server.report)
+    printer.table(report_table(server.report))
     layout = server.program.published
     bound_host, bound_port = server.address
-    console.print(f"serving {z.name} on {bound_host}:{bound_port}: input shape {layout.input_shape}, "
+    printer.line(f"serving {z.name} on {bound_host}:{bound_port}: input shape {layout.input_shape}, "
                   f"N={layout.params.poly_modulus_degree}, rotation keys {list(layout.rotation_steps)}. "
                   f"Query with `secure-infer query {bound_host}:{bound_port} {z.dataset}:0-9`; Ctrl-C or SIGTERM stops.")
     def stop(signum: int, frame: object) -> None:
@@ -64,11 +82,11 @@ def serve(console: Console, z: zoo.ZooModel, data: datasets.Dataset, *, host: st
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.close()
-        console.print(f"stopped after {server.stats.connections} connections, {server.stats.queries} queries; "
+        printer.line(f"stopped after {server.stats.connections} connections, {server.stats.queries} queries; "
                       f"errors by kind: {dict(server.stats.errors) or 'none'}")
 
 
-def query(console: Console, address: str, spec: str, *, timeout: float, seed: int) -> dict[str, Any]:
+def query(printer: Output, address: str, spec: str, *, timeout: float, seed: int) -> dict[str, Any]:
     """Encrypt the inputs named by ``spec``, query the server, print decrypted predictions."""
     from protocols.he import HEClient
 
@@ -77,32 +95,34 @@ def query(console: Console, address: str, spec: str, *, timeout: float, seed: in
         y = client.predict(x, epilogue=False).reshape(len(x), -1)
         stats = client.last_query
         keys = client.key_upload_bytes
-    table = Table(title=f"{client.model_name} at {address} ({client.layout.mode} mode), decrypted here")
+    if stats is None:  # predict() records its query before it returns
+        raise ParameterError(f"{address}: the query recorded no statistics")
+    table = TextTable(f"{client.model_name} at {address} ({client.layout.mode} mode), decrypted here")
     for col in ("input", "prediction", "label", "top logit"):
-        table.add_column(col, justify="right")
+        table.add_column(col, right=True)
     for i in range(len(y)):
         table.add_row(str(i), str(int(y[i].argmax())), str(int(labels[i])) if labels is not None else "-",
                       f"{float(y[i].max()):.3f}")
-    console.print(table)
-    summary = {
+    printer.table(table)
+    summary: dict[str, Any] = {
         "inputs": stats.inputs, "key_upload_mb_once": keys / 1e6,
         "mb_per_input": stats.bytes_per_input / 1e6, "encrypt_s": stats.encrypt_s,
         "round_trip_s": stats.round_trip_s, "server_compute_s": stats.server_compute_s, "decrypt_s": stats.decrypt_s,
     }
     if labels is not None:
         summary["accuracy"] = float((y.argmax(1) == labels).float().mean())
-    console.print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    printer.line(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     return summary
 
 
-def party(console: Console, config: Any, summary: Path | None) -> None:
+def party(printer: Output, config: PartyConfig, summary: Path | None) -> None:
     """Run one party; exit 0 on success, 1 (with a one-line error) when a peer or this party fails."""
     from protocols.mpc import run_party
 
     try:
         outcome = run_party(config)
     except PartyFailure as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        printer.status.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # gloo's threads may still be blocked on the dead peer: do not wait for them
@@ -110,18 +130,19 @@ def party(console: Console, config: Any, summary: Path | None) -> None:
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(outcome.to_json())
     result = {k: v for k, v in outcome.result.items() if k != "predictions"}
-    console.print(f"party {outcome.rank} ({outcome.role}) done in {outcome.seconds:.2f} s: "
+    printer.line(f"party {outcome.rank} ({outcome.role}) done in {outcome.seconds:.2f} s: "
                   f"{outcome.bytes_sent / 1e6:.2f} MB sent, {outcome.rounds} rounds {json.dumps(result) if result else ''}")
 
 
-def demo_mpc(console: Console, z: zoo.ZooModel | None, data: datasets.Dataset, *, parties: int, dealer: bool,
+def demo_mpc(printer: Output, z: zoo.ZooModel | None, data: datasets.Dataset, *, parties: int, dealer: bool,
              task: str, split: str, limit: int, seed: int) -> dict[str, Any]:
     """Every party as its own `secure-infer party` process on this host, then the results side by side."""
     from protocols.mpc import launch_local, local_parties
 
     workdir = Path(tempfile.mkdtemp(prefix="secure-infer-mpc-"))
     if task == "infer":
-        assert z is not None
+        if z is None:
+            raise ParameterError("demo mpc --task infer needs a trained model")
         model_file = zoo.save_model(z, workdir / "model.pt")
         n = min(limit or 64, len(data.x_test))
         configs = local_parties(parties, task="infer", dealer=dealer, per_rank={
@@ -129,22 +150,23 @@ def demo_mpc(console: Console, z: zoo.ZooModel | None, data: datasets.Dataset, *
     else:
         per_rank = _split_training_data(data, parties, split, workdir)
         per_rank[0]["output"] = workdir / "trained.pt"  # rank 0 is entitled to the weights
-        configs = local_parties(parties, task="train", dealer=dealer, weights_to=0, seed=seed, **TRAINING,
-                                per_rank=per_rank)
-    console.print(f"starting {len(configs)} party processes ({', '.join(c.role for c in configs)}); logs in {workdir}")
+        configs = local_parties(parties, task="train", dealer=dealer, weights_to=0, seed=seed,
+                                hidden=TRAINING.hidden, epochs=TRAINING.epochs, lr=TRAINING.lr,
+                                batch_size=TRAINING.batch_size, per_rank=per_rank)
+    printer.line(f"starting {len(configs)} party processes ({', '.join(c.role for c in configs)}); logs in {workdir}")
     result = launch_local(configs, workdir / "logs")
     if not result.ok:
         problems = "; ".join(f"party {r}: {msg}" for r, msg in sorted(result.errors.items()))
         raise PartyFailure(f"the MPC {task} job failed: {problems}")
-    table = Table(title=f"MPC {task}: {parties} parties{' + dealer' if dealer else ''}, each its own process over TCP")
+    table = TextTable(f"MPC {task}: {parties} parties{' + dealer' if dealer else ''}, each its own process over TCP")
     for col in ("rank", "role", "seconds", "MB sent", "rounds"):
-        table.add_column(col, justify="right" if col not in ("role",) else "left")
+        table.add_column(col, right=col != "role")
     for rank, outcome in sorted(result.outcomes.items()):
         table.add_row(str(rank), outcome.role, f"{outcome.seconds:.2f}", f"{outcome.bytes_sent / 1e6:.2f}",
                       str(outcome.rounds))
-    console.print(table)
+    printer.table(table)
     summary: dict[str, Any] = {"wall_s": result.wall_s}
-    if task == "infer":
+    if z is not None and task == "infer":
         logits = torch.from_numpy(np.load(workdir / "logits.npy"))
         x, y = data.x_test[: len(logits)], data.y_test[: len(logits)]
         with torch.no_grad():
@@ -153,7 +175,7 @@ def demo_mpc(console: Console, z: zoo.ZooModel | None, data: datasets.Dataset, *
                        plaintext_accuracy=float((plain.argmax(1) == y).float().mean()),
                        agreement=float((logits.argmax(1) == plain.argmax(1)).float().mean()),
                        max_abs_error=float((logits - plain).abs().max()))
-        console.print(f"data owner decrypted {len(logits)} outputs: accuracy {summary['accuracy']:.4f} "
+        printer.line(f"data owner decrypted {len(logits)} outputs: accuracy {summary['accuracy']:.4f} "
                       f"(plaintext {summary['plaintext_accuracy']:.4f}), argmax agreement {summary['agreement']:.4f}, "
                       f"max |error| {summary['max_abs_error']:.2e}")
     else:
@@ -164,10 +186,11 @@ def demo_mpc(console: Console, z: zoo.ZooModel | None, data: datasets.Dataset, *
         model = load_trained(Path(owner["output"]))
         x_test = data.x_test.reshape(len(data.x_test), -1)
         # the parties concatenate rows (or columns) in rank order, which is the original order
-        reference = plaintext_sgd(data, seed=seed, **TRAINING)
+        reference = plaintext_sgd(data, seed=seed, hidden=TRAINING.hidden, epochs=TRAINING.epochs, lr=TRAINING.lr,
+                                  batch_size=TRAINING.batch_size)
         summary.update(split=owner["split"], accuracy=zoo.accuracy(model, x_test, data.y_test),
                        plaintext_accuracy=zoo.accuracy(reference, x_test, data.y_test))
-        console.print(f"{owner['split']} split over {len(owner['data_owners'])} data owners; only rank 0 received the "
+        printer.line(f"{owner['split']} split over {len(owner['data_owners'])} data owners; only rank 0 received the "
                       f"weights: test accuracy {summary['accuracy']:.4f} vs plaintext SGD on the same schedule "
                       f"{summary['plaintext_accuracy']:.4f}")
     return summary

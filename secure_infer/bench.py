@@ -17,14 +17,20 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from secure_infer import baselines, datasets, zoo
+from secure_infer._errors import SecureInferError
 
-__all__ = ["Cell", "PRESETS", "run_matrix", "write_report"]
+if TYPE_CHECKING:
+    from secure_infer.backends.base import Program, RunStats
+    from secure_infer.backends.tenseal import TensealProgram
+
+__all__ = ["Cell", "PRESETS", "count_steps", "run_matrix", "write_report"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -105,7 +111,23 @@ def _time(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> tuple[
 # Cells whose single call takes seconds and has no warm-up effect worth waiting for.
 _SLOW = {"tenseal-batch", "tenseal-batch-2w", "tenseal-handwritten"}
 # tenseal-latency-chain: schedule="square-chain"; tenseal-batch-2w: workers=2 (both cores)
-_TENSEAL_VARIANTS = {"chain": {"schedule": "square-chain"}, "2w": {"workers": 2}}
+_TENSEAL_VARIANTS: dict[str, dict[str, Any]] = {"chain": {"schedule": "square-chain"}, "2w": {"workers": 2}}
+
+
+def _stats(run: RunStats | None, what: str) -> RunStats:
+    """The figures of the call just made (every program records them; a missing one is a bug worth naming)."""
+    if run is None:
+        raise SecureInferError(f"{what} recorded no statistics for its last call")
+    return run
+
+
+def _tenseal(program: Program) -> TensealProgram:
+    """``program`` as the TenSEAL program that ``wrap(..., "tenseal")`` builds."""
+    from secure_infer.backends.tenseal import TensealProgram
+
+    if not isinstance(program, TensealProgram):
+        raise SecureInferError(f"expected a TenSEAL program, got {type(program).__name__}")
+    return program
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -154,11 +176,11 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
             raise
         return Cell(model_name, execution, batch, "not run", str(exc).split(";")[0])
     with enc:
-        size = enc.program.params.slots if batch == "slots" else int(batch)
+        size = _tenseal(enc.program).params.slots if batch == "slots" else int(batch)
         x = _inputs(data, size)
         reps = 1 if size > 64 or execution in _SLOW else repeats
-        samples, y = _time(lambda: enc(x), reps, warmup=execution not in _SLOW)
-        run = enc.last_run
+        samples, y = _time(partial(enc, x), reps, warmup=execution not in _SLOW)
+        run = _stats(enc.last_run, execution)
         plain = z.model(x).detach()
         p50 = statistics.median(samples)
         cell = Cell(
@@ -178,7 +200,7 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
             cell.key_bytes = run.extra["public_key_material_bytes"]
             cell.extra.update(depth=run.extra["depth_used"], slots=run.extra["slots"],
                               encrypt_s=run.encrypt_s, compute_s=run.compute_s, decrypt_s=run.decrypt_s,
-                              worst_case_error=enc.program.worst_case_error)
+                              worst_case_error=_tenseal(enc.program).worst_case_error)
         return cell
 
 
@@ -191,7 +213,7 @@ def _anchor_cell(model_name: str, execution: str, batch: int | str, z: zoo.ZooMo
     if execution == "tenseal-handwritten":
         from secure_infer.anchors import TutorialPipeline, TutorialProgram
 
-        if not TutorialPipeline.supports(z.model, z.input_shape):
+        if not isinstance(z.model, torch.nn.Sequential) or not TutorialPipeline.supports(z.model, z.input_shape):
             return Cell(model_name, execution, batch, "not run",
                         "the tutorial method covers conv -> x^2 -> fc -> x^2 -> fc only")
         program: Any = TutorialProgram(z.model)
@@ -227,7 +249,7 @@ def _anchor_cell(model_name: str, execution: str, batch: int | str, z: zoo.ZooMo
         cell.ciphertext_bytes_in = int(program.last_phases["input_ciphertext_bytes"]) * size
         cell.bytes_per_input = float(program.last_phases["input_ciphertext_bytes"])
     else:
-        run = program.last_run
+        run = _stats(program.last_run, execution)
         cell.bytes_per_input = (run.bytes_sent or 0) / size
         cell.rounds = run.rounds
     return cell
@@ -246,14 +268,41 @@ def _model_and_data(name: str, seed: int, digits: datasets.Dataset) -> tuple[zoo
     return zoo.pretrained(name, digits, seed=seed), digits
 
 
-def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None = None,
-               on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
-    """Measure the preset's matrix on the digits data; returns the report as a dict."""
+def _spec(preset: str) -> dict[str, Any]:
     if preset not in PRESETS:
         from secure_infer._errors import ParameterError
 
         raise ParameterError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    spec = PRESETS[preset]
+    return PRESETS[preset]
+
+
+def count_steps(preset: str = "quick", models: list[str] | None = None) -> int:
+    """How many progress steps :func:`run_matrix` reports: one per cell, per sweep measurement.
+
+    The command line sizes its progress bar (and so its estimate of the time
+    left) with this, so the sweeps after the matrix are counted too.
+    """
+    spec = _spec(preset)
+    cells = 0
+    for execution in spec["executions"]:
+        skip_slots = execution.startswith("plaintext") and "slots" in spec["batches"]
+        cells += len(spec["batches"]) - skip_slots
+    cells *= len(models or spec["models"])
+    widths, depths = spec.get("widths", [16, 64, 256]), spec.get("depths", [1, 2, 3])
+    degrees = spec.get("degrees", [7, 15, 31, 63])
+    scaling = 3 * (len(widths) + len(depths)) if widths else 0  # plaintext, CrypTen, TenSEAL per model
+    return cells + scaling + (1 + len(degrees) if degrees else 0)  # training the MLP, then each degree
+
+
+def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None = None,
+               on_cell: Callable[[Cell], None] | None = None,
+               on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure the preset's matrix on the digits data; returns the report as a dict.
+
+    ``on_cell(cell)`` follows each cell, ``on_step(what)`` each measurement of
+    the sweeps after the matrix (see :func:`count_steps`): progress bars.
+    """
+    spec = _spec(preset)
     digits = datasets.load_digits(seed=seed)
     cells: list[Cell] = []
     started = time.perf_counter()
@@ -267,7 +316,7 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
                         continue
                     device = "cuda" if execution.endswith("gpu") else "cpu"
                     r = baselines.time_plaintext(z.model, _inputs(data, int(batch)), device=device, repeats=20)
-                    if not r.measured:
+                    if not r.measured or r.p50_s is None:
                         cell = Cell(model_name, execution, batch, "not run", r.reason)
                     else:
                         cell = Cell(model_name, execution, batch, p50_s=r.p50_s, p95_s=r.p95_s,
@@ -289,8 +338,8 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
     widths, degree_list = spec.get("widths", [16, 64, 256]), spec.get("degrees", [7, 15, 31, 63])
     depths = spec.get("depths", [1, 2, 3])
     scaling = (scaling_sweep(seed, digits, widths=widths, depths=depths,
-                             degree=spec.get("sweep_degree", SWEEP_DEGREE)) if widths else None)
-    degrees = degree_sweep(seed, digits, degrees=degree_list) if degree_list else None
+                             degree=spec.get("sweep_degree", SWEEP_DEGREE), on_step=on_step) if widths else None)
+    degrees = degree_sweep(seed, digits, degrees=degree_list, on_step=on_step) if degree_list else None
     return {
         "preset": preset,
         "seconds": time.perf_counter() - started,
@@ -322,29 +371,36 @@ def _mlp(width: int, seed: int, depth: int = 1) -> torch.nn.Module:
 
 
 def _sweep_rows(models: list[tuple[dict[str, Any], torch.nn.Module]], data: datasets.Dataset,
-                x: torch.Tensor, degree: int) -> list[dict[str, Any]]:
+                x: torch.Tensor, degree: int, on_step: Callable[[str], None]) -> list[dict[str, Any]]:
     import secure_infer as si
 
     rows = []
     for info, model in models:
+        label = f"{info['sweep']} sweep, MLP width {info['width']} depth {info['depth']}"
         cpu = baselines.time_plaintext(model, x, repeats=20)
         rows.append({**info, "execution": "plaintext-cpu", "seconds": cpu.p50_s})
-        for execution, backend, options in (("crypten-2p", "crypten", {}),
-                                            ("tenseal-batch", "tenseal", {"mode": "batch", "calibration": data.x_train[:256],
-                                                                          "poly_degree": degree})):
+        on_step(f"{label}: plaintext-cpu")
+        runs: tuple[tuple[str, str, dict[str, Any]], ...] = (
+            ("crypten-2p", "crypten", {}),
+            ("tenseal-batch", "tenseal", {"mode": "batch", "calibration": data.x_train[:256], "poly_degree": degree}),
+        )
+        for execution, backend, options in runs:
             with si.wrap(model, backend, sample_input=x[:1], **options) as enc:
-                samples, _ = _time(lambda enc=enc: enc(x), 1 if backend == "tenseal" else 3, warmup=backend != "tenseal")
+                samples, _ = _time(partial(enc, x), 1 if backend == "tenseal" else 3, warmup=backend != "tenseal")
             rows.append({**info, "execution": execution, "seconds": statistics.median(samples)})
+            on_step(f"{label}: {execution}")
     return rows
 
 
 def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], depths: list[int] | None = None,
-                  batch: int = 16, degree: int = SWEEP_DEGREE) -> dict[str, Any]:
+                  batch: int = 16, degree: int = SWEEP_DEGREE,
+                  on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Cost against model size, so a bigger model's cost can be predicted before running it.
 
     Width: MLPs 64-width-10, log-log slope of time against parameters
     (time ~ exp(intercept) * params ** slope). Depth: MLPs with 1..k hidden
-    layers of width 64, linear slope in seconds per extra layer.
+    layers of width 64, linear slope in seconds per extra layer. ``on_step``
+    follows each measurement (three per model).
     """
     import numpy as np
 
@@ -353,7 +409,7 @@ def scaling_sweep(seed: int, data: datasets.Dataset, *, widths: list[int], depth
                  _mlp(w, seed)) for w in widths]
     by_depth = [({"sweep": "depth", "width": 64, "depth": d, "params": sum(p.numel() for p in _mlp(64, seed, d).parameters())},
                  _mlp(64, seed, d)) for d in (depths or [])]
-    rows = _sweep_rows(by_width + by_depth, data, x, degree)
+    rows = _sweep_rows(by_width + by_depth, data, x, degree, on_step or (lambda _what: None))
     fits: dict[str, dict[str, float]] = {}
     depth_fits: dict[str, dict[str, float]] = {}
     for execution in sorted({r["execution"] for r in rows}):
@@ -385,18 +441,26 @@ def batch_fits(cells: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def degree_sweep(seed: int, data: datasets.Dataset, *, degrees: list[int]) -> dict[str, Any]:
-    """Accuracy of the ReLU MLP under CKKS with its ReLU replaced by polynomials of each degree."""
+def degree_sweep(seed: int, data: datasets.Dataset, *, degrees: list[int],
+                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Accuracy of the ReLU MLP under CKKS with its ReLU replaced by polynomials of each degree.
+
+    ``on_step`` follows the training and each degree.
+    """
     import secure_infer as si
 
+    step = on_step or (lambda _what: None)
     z = zoo.pretrained("mlp", data, seed=seed)
+    step("degree sweep: trained the MLP")
     rows = []
     for degree in degrees:
         enc = si.wrap(z.model, "tenseal", sample_input=data.x_test[:1], mode="batch",
                       calibration=data.x_train[:256], poly_degree=degree)
-        ev = enc.evaluate(data.x_test, data.y_test, batch_size=enc.program.params.slots)
+        program = _tenseal(enc.program)
+        ev = enc.evaluate(data.x_test, data.y_test, batch_size=program.params.slots)
         rows.append({"degree": degree, "encrypted_accuracy": ev.accuracy, "agreement": ev.agreement,
-                     "depth": enc.program.compiled.depth, "seconds_per_input": ev.seconds_per_input})
+                     "depth": program.compiled.depth, "seconds_per_input": ev.seconds_per_input})
+        step(f"degree sweep: degree {degree}")
     return {"model": "mlp (ReLU)", "plaintext_accuracy": z.test_accuracy, "rows": rows}
 
 

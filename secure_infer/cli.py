@@ -1,8 +1,11 @@
 """The ``secure-infer`` command line.
 
 Each subcommand is a thin shell over the library: it parses, validates at the
-boundary, shows progress for anything slow, and prints a table. Errors the
-user caused come out as one line (``error: ...``) and exit status 2.
+boundary, shows progress for anything slow (on stderr, with the time left),
+and prints its tables through :mod:`secure_infer._output`: styled in a
+terminal, full-width Markdown when piped, never a number cut. A long command
+ends with one ``report: ...`` line. Errors the user caused come out as one
+line (``error: ...``) and exit status 2.
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from secure_infer import baselines, datasets, zoo
 from secure_infer._errors import SecureInferError
+from secure_infer._output import Output, Progress, TextTable
+
+if TYPE_CHECKING:
+    from secure_infer._wrap import Evaluation
+    from secure_infer.attacks.suite import AttackReport, SuiteConfig
 
 app = typer.Typer(
     help="Run PyTorch models on data nobody else may see, and measure what it costs.",
@@ -30,18 +36,10 @@ app = typer.Typer(
 zoo_app = typer.Typer(help="Reference models: list them, train and save one.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
-console = Console()
+NO_FILE = "report: not saved to a file; the tables above are the results (--json FILE keeps them)"
+"""The demo's last line when it wrote no file: says so, so a log never leaves the reader looking for one."""
 
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+Timed = tuple[zoo.ZooModel, baselines.BaselineResult, baselines.BaselineResult, baselines.BaselineResult]
 
 
 def _train_with_bar(progress: Progress, name: str, data: datasets.Dataset, seed: int) -> zoo.ZooModel:
@@ -50,15 +48,17 @@ def _train_with_bar(progress: Progress, name: str, data: datasets.Dataset, seed:
     result = zoo.pretrained(
         name, data, seed=seed, on_epoch=lambda _epoch, _loss: progress.advance(task)
     )
+    progress.complete(task)
     return result
 
 
 def _fmt_ms(result: baselines.BaselineResult, notes: dict[str, str]) -> str:
     """Milliseconds per input, or 'not measured' with the reason as a numbered note."""
-    if not result.measured:
+    per_input = result.per_input_s
+    if not result.measured or per_input is None:
         mark = notes.setdefault(result.reason, f"[{len(notes) + 1}]")
         return f"not measured {mark}"
-    return f"{result.per_input_s * 1e3:.4f}"
+    return f"{per_input * 1e3:.4f}"
 
 
 @app.command()
@@ -89,39 +89,39 @@ def demo(
     """
     if what not in ("all", "mpc", "he"):
         raise typer.BadParameter("WHAT must be all, mpc or he")
+    printer = Output()
     data = datasets.load(dataset, seed=seed)
     if what != "all":
-        _demo_parties(what, data, parties=parties, dealer=dealer, task=task, split=split, limit=limit, seed=seed,
-                      json_out=json_out)
+        _demo_parties(printer, what, data, parties=parties, dealer=dealer, task=task, split=split, limit=limit,
+                      seed=seed, json_out=json_out)
         return
     names = [m.strip() for m in models.split(",") if m.strip()] or [
         n for n in zoo.available() if len(data.input_shape) == 3 or n in ("logreg", "mlp")
     ]
-    rows = []
-    with _progress() as progress:
+    rows: list[Timed] = []
+    with printer.progress() as progress:
         trained = [_train_with_bar(progress, name, data, seed) for name in names]
-        task = progress.add_task("time plaintext CPU/GPU", total=len(trained))
+        timing = progress.add_task("time plaintext CPU/GPU", total=len(trained))
         for z in trained:
             cpu1 = baselines.time_plaintext(z.model, data.x_test[:1], repeats=50)
             cpu64 = baselines.time_plaintext(z.model, data.x_test[:64], repeats=20)
             gpu64 = baselines.time_plaintext(z.model, data.x_test[:64], device="cuda", repeats=20)
             rows.append((z, cpu1, cpu64, gpu64))
-            progress.advance(task)
+            progress.advance(timing)
 
-    table = Table(title=f"secure-infer demo: plaintext on {data.description}")
+    table = TextTable(f"secure-infer demo: plaintext on {data.description}")
     for col in ("model", "params", "train s", "test acc", "CPU ms/img (b=1)", "CPU ms/img (b=64)", "GPU ms/img (b=64)"):
-        table.add_column(col, justify="right" if col != "model" else "left")
+        table.add_column(col, right=col != "model")
     notes: dict[str, str] = {}
     for z, cpu1, cpu64, gpu64 in rows:
         table.add_row(
             z.name, f"{z.num_parameters:,}", f"{z.train_seconds:.2f}", f"{z.test_accuracy:.4f}",
             _fmt_ms(cpu1, notes), _fmt_ms(cpu64, notes), _fmt_ms(gpu64, notes),
         )
-    console.print(table)
-    for reason, mark in notes.items():
-        console.print(f"{mark} {reason}")
-    encrypted = _demo_encrypted(rows, data, parties, limit) if parties else {}
-    he = _demo_tenseal(rows, data, limit) if tenseal else {}
+    table.notes = [f"{mark} {reason}" for reason, mark in notes.items()]
+    printer.table(table)
+    encrypted = _demo_encrypted(printer, rows, data, parties, limit) if parties else {}
+    he = _demo_tenseal(printer, rows, data, limit) if tenseal else {}
     if json_out is not None:
         payload = {
             "dataset": data.description,
@@ -141,11 +141,13 @@ def demo(
         }
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {json_out}")
+        printer.report(json_out)
+    else:
+        printer.line(NO_FILE)
 
 
-def _demo_parties(what: str, data: datasets.Dataset, *, parties: int, dealer: bool, task: str, split: str,
-                  limit: int, seed: int, json_out: Path | None) -> None:
+def _demo_parties(printer: Output, what: str, data: datasets.Dataset, *, parties: int, dealer: bool, task: str,
+                  split: str, limit: int, seed: int, json_out: Path | None) -> None:
     from secure_infer import _cli_parties
 
     if task not in ("infer", "train") or split not in ("rows", "features"):
@@ -156,55 +158,67 @@ def _demo_parties(what: str, data: datasets.Dataset, *, parties: int, dealer: bo
             raise typer.BadParameter("demo mpc needs --parties 2 or more")
         z = None
         if task == "infer":
-            with _progress() as progress:
+            with printer.progress() as progress:
                 z = _train_with_bar(progress, "lenet" if image else "mlp", data, seed)
-        result = _cli_parties.demo_mpc(console, z, data, parties=parties, dealer=dealer, task=task, split=split,
+        result = _cli_parties.demo_mpc(printer, z, data, parties=parties, dealer=dealer, task=task, split=split,
                                        limit=limit, seed=seed)
     else:
         import threading
 
         from protocols.he import HEServer
 
-        with _progress() as progress:
+        with printer.progress() as progress:
             z = _train_with_bar(progress, "cryptonets" if image else "mlp", data, seed)
         server = HEServer.from_model(z.model, data.x_train[:1], calibration=data.x_train, name=z.name)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         host, port = server.address
         try:
             n = min(limit or 10, len(data.x_test))
-            result = _cli_parties.query(console, f"{host}:{port}", f"{data.label}:0-{n}", timeout=300, seed=seed)
+            result = _cli_parties.query(printer, f"{host}:{port}", f"{data.label}:0-{n}", timeout=300, seed=seed)
         finally:
             server.close()
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2, default=str))
-        console.print(f"wrote {json_out}")
+        printer.report(json_out)
+    else:
+        printer.line(NO_FILE)
 
 
-def _demo_encrypted(rows: list, data: datasets.Dataset, parties: int, limit: int) -> dict:
+def _fmt_acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _demo_encrypted(printer: Output, rows: list[Timed], data: datasets.Dataset, parties: int,
+                    limit: int) -> dict[str, Evaluation]:
     """Classify the test split under CrypTen for every trained model; print a table."""
     import secure_infer as si
 
     x = data.x_test[:limit] if limit else data.x_test
     y = data.y_test[: len(x)]
-    results = {}
-    with _progress() as progress:
+    results: dict[str, Evaluation] = {}
+    with printer.progress() as progress:
         for z, *_ in rows:
-            task = progress.add_task(f"CrypTen {parties}-party {z.name}", total=len(x))
+            task_id = progress.add_task(f"CrypTen {parties}-party {z.name}", total=len(x))
+
+            def advance(n: int, task_id: int = task_id) -> None:
+                progress.advance(task_id, n)
+
             with si.wrap(z.model, "crypten", sample_input=x[:1], parties=parties) as enc:
-                results[z.name] = enc.evaluate(x, y, on_batch=lambda n, t=task: progress.advance(t, n))
-    table = Table(title=f"CrypTen, {parties} parties (model owner, data owner{', helpers' if parties > 2 else ''}), "
-                  f"{len(x)} test inputs in batches of 64")
-    for col in ("model", "enc acc", "plain acc", "argmax agree", "max |err|", "ms/img", "MB/img", "rounds/batch"):
-        table.add_column(col, justify="right" if col != "model" else "left")
+                results[z.name] = enc.evaluate(x, y, on_batch=advance)
+            progress.complete(task_id)
+    table = TextTable(f"CrypTen, {parties} parties (model owner, data owner{', helpers' if parties > 2 else ''}), "
+                      f"{len(x)} test inputs in batches of 64")
+    for col in ("model", "enc acc", "plain acc", "argmax agree", "max abs err", "ms/img", "MB/img", "rounds/batch"):
+        table.add_column(col, right=col != "model")
     for name, ev in results.items():
         table.add_row(
-            name, f"{ev.accuracy:.4f}", f"{ev.plaintext_accuracy:.4f}", f"{ev.agreement:.4f}",
+            name, _fmt_acc(ev.accuracy), _fmt_acc(ev.plaintext_accuracy), f"{ev.agreement:.4f}",
             f"{ev.max_abs_error:.2e}", f"{ev.seconds_per_input * 1e3:.2f}", f"{ev.bytes_per_input / 1e6:.2f}",
             f"{ev.rounds_per_batch:.0f}",
         )
-    console.print(table)
-    console.print("MB/img counts the traffic of all parties together.")
+    table.notes.append("MB/img counts the traffic of all parties together.")
+    printer.table(table)
     return results
 
 
@@ -212,15 +226,16 @@ DEMO_DEGREE = 15
 """The demo's polynomial degree under CKKS: keeps the demo to a minute; accuracy stays within a point."""
 
 
-def _demo_tenseal(rows: list, data: datasets.Dataset, limit: int) -> dict:
+def _demo_tenseal(printer: Output, rows: list[Timed], data: datasets.Dataset, limit: int) -> dict[str, dict[str, Any]]:
     """Classify the test split under CKKS (batch mode) and time latency mode; print a table."""
     import secure_infer as si
+    from secure_infer.backends.tenseal import TensealProgram
 
     x = data.x_test[:limit] if limit else data.x_test
     y = data.y_test[: len(x)]
     calibration = data.x_train[:256]
-    results: dict[str, dict] = {}
-    with _progress() as progress:
+    results: dict[str, dict[str, Any]] = {}
+    with printer.progress() as progress:
         task = progress.add_task("TenSEAL (CKKS) batch + latency", total=len(rows))
         for z, *_ in rows:
             report = si.check(z.model, "tenseal", sample_input=x[:1])
@@ -230,10 +245,12 @@ def _demo_tenseal(rows: list, data: datasets.Dataset, limit: int) -> dict:
                 continue
             options = {"calibration": calibration, "poly_degree": DEMO_DEGREE}
             batch = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="batch", **options)
+            assert isinstance(batch.program, TensealProgram)  # what wrap(..., "tenseal") builds
             ev = batch.evaluate(x, y, batch_size=batch.program.params.slots)
             latency = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="latency", **options)
             latency(x[:2])
             run = latency.last_run
+            assert run is not None and isinstance(latency.program, TensealProgram)  # set by the call above
             approximated = [c.layer for c in latency.report().conversions if c.kind == "approximated"]
             results[z.name] = {
                 "supported": True, "accuracy": ev.accuracy, "plaintext_accuracy": ev.plaintext_accuracy,
@@ -245,23 +262,26 @@ def _demo_tenseal(rows: list, data: datasets.Dataset, limit: int) -> dict:
                 "worst_case_error": latency.program.worst_case_error,
             }
             progress.advance(task)
-    table = Table(title=f"TenSEAL CKKS: batch mode over {len(x)} test inputs, latency mode per image")
-    for col in ("model", "enc acc", "plain acc", "agree", "max |err|", "batch ms/img", "latency ms/img", "keys MB", "approximated"):
-        table.add_column(col, justify="right" if col not in ("model", "approximated") else "left")
+    table = TextTable(f"TenSEAL CKKS: batch mode over {len(x)} test inputs, latency mode per image")
+    for col in ("model", "enc acc", "plain acc", "agree", "max abs err", "batch ms/img", "latency ms/img", "keys MB",
+                "approximated"):
+        table.add_column(col, right=col not in ("model", "approximated"))
     for name, r in results.items():
         if not r["supported"]:
             table.add_row(name, "-", "-", "-", "-", "-", "-", "-", f"not supported: {r['reason']}")
             continue
         table.add_row(
-            name, f"{r['accuracy']:.4f}", f"{r['plaintext_accuracy']:.4f}", f"{r['agreement']:.4f}",
+            name, _fmt_acc(r["accuracy"]), _fmt_acc(r["plaintext_accuracy"]), f"{r['agreement']:.4f}",
             f"{r['max_abs_error']:.2e}", f"{r['batch_ms_per_image']:.2f}", f"{r['latency_ms_per_image']:.1f}",
             f"{r['latency_key_mb']:.1f}", ", ".join(r["approximated"]) or "none (exact)",
         )
-    console.print(table)
-    console.print("batch mode packs one input per slot; its cost per batch is flat up to the slot count, "
-                  "so ms/img falls with larger batches.")
-    console.print(f"activations other than x**2 run as degree-{DEMO_DEGREE} polynomials fitted on every input's "
-                  "reachable range (the library picks the degree by tolerance when not given: higher for ReLU, slower).")
+    table.notes += [
+        "batch mode packs one input per slot; its cost per batch is flat up to the slot count, "
+        "so ms/img falls with larger batches.",
+        f"activations other than x**2 run as degree-{DEMO_DEGREE} polynomials fitted on every input's "
+        "reachable range (the library picks the degree by tolerance when not given: higher for ReLU, slower).",
+    ]
+    printer.table(table)
     return results
 
 
@@ -269,15 +289,15 @@ def _demo_tenseal(rows: list, data: datasets.Dataset, limit: int) -> dict:
 def zoo_list() -> None:
     """List the zoo's models with their size on the digits data."""
     data = datasets.load_digits()
-    table = Table(title="secure-infer zoo (sizes on 8x8 digits)")
+    table = TextTable("secure-infer zoo (sizes on 8x8 digits)")
     table.add_column("name")
-    table.add_column("params", justify="right")
+    table.add_column("params", right=True)
     table.add_column("layers")
     for name in zoo.available():
         model = zoo.build(name, data.input_shape, data.num_classes)
         layers = ", ".join(type(m).__name__ for m in model.children())
         table.add_row(name, f"{sum(p.numel() for p in model.parameters()):,}", layers)
-    console.print(table)
+    Output().table(table)
 
 
 @zoo_app.command("train")
@@ -288,11 +308,12 @@ def zoo_train(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train one zoo model and save it for `wrap`, `serve` or `bench`."""
+    printer = Output()
     data = datasets.load(dataset, seed=seed)
-    with _progress() as progress:
+    with printer.progress() as progress:
         z = _train_with_bar(progress, name, data, seed)
     zoo.save_model(z, out)
-    console.print(f"{z.name}: test accuracy {z.test_accuracy:.4f} on {z.dataset}; saved to {out}")
+    printer.line(f"{z.name}: test accuracy {z.test_accuracy:.4f} on {z.dataset}; saved to {out}")
 
 
 @app.command()
@@ -312,12 +333,14 @@ def serve(
     """Serve a model for HE inference: clients send only public keys and ciphertexts."""
     from secure_infer import _cli_parties
 
+    printer = Output()
+
     def train(name: str, data: datasets.Dataset) -> zoo.ZooModel:
-        with _progress() as progress:
+        with printer.progress() as progress:
             return _train_with_bar(progress, name, data, seed)
 
     z, data = _cli_parties.model_from_arg(model, dataset, seed, train)
-    _cli_parties.serve(console, z, data, host=host, port=port, mode=mode, max_frame_mb=max_frame_mb,
+    _cli_parties.serve(printer, z, data, host=host, port=port, mode=mode, max_frame_mb=max_frame_mb,
                        idle_timeout=idle_timeout, schedule=schedule)
 
 
@@ -332,9 +355,11 @@ def query(
     """Encrypt INPUT here, have the server evaluate it, decrypt the answer here."""
     from secure_infer import _cli_parties
 
-    summary = _cli_parties.query(console, address, inputs, timeout=timeout, seed=seed)
+    printer = Output()
+    summary = _cli_parties.query(printer, address, inputs, timeout=timeout, seed=seed)
     if json_out is not None:
         json_out.write_text(json.dumps(summary, indent=2))
+        printer.report(json_out)
 
 
 @app.command()
@@ -365,7 +390,7 @@ def party(
     config = PartyConfig(rank=rank, world_size=world_size, master=master, role=role, task=task, model=model,
                          input=inputs, output=output, data=data, dealer=dealer, timeout=timeout, hidden=hidden,
                          epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weights_to=weights_to)
-    _cli_parties.party(console, config, summary)
+    _cli_parties.party(Output(), config, summary)
 
 
 @app.command()
@@ -376,30 +401,31 @@ def baseline(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Time a model in plaintext on CPU and, when CUDA exists, GPU."""
+    printer = Output()
     data = datasets.load(dataset, seed=seed)
     if Path(model).is_file():
         z = zoo.load_model(model)
     else:
-        with _progress() as progress:
+        with printer.progress() as progress:
             z = _train_with_bar(progress, model, data, seed)
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:
         raise typer.BadParameter(f"--batch-sizes must be integers, got {batch_sizes!r}") from None
-    table = Table(title=f"plaintext baseline: {z.name}")
+    table = TextTable(f"plaintext baseline: {z.name}")
     for col in ("device", "batch", "p50 ms", "p95 ms", "inputs/s"):
-        table.add_column(col, justify="right")
+        table.add_column(col, right=True)
     for device in ("cpu", "cuda"):
         for b in sizes:
             x = data.x_test[:b]
             if len(x) < b:
                 x = x.repeat((b + len(x) - 1) // len(x), *([1] * (x.dim() - 1)))[:b]
             r = baselines.time_plaintext(z.model, x, device=device)
-            if r.measured:
+            if r.measured and r.p50_s is not None and r.p95_s is not None and r.throughput is not None:
                 table.add_row(device, str(b), f"{r.p50_s * 1e3:.4f}", f"{r.p95_s * 1e3:.4f}", f"{r.throughput:,.0f}")
             else:
                 table.add_row(device, str(b), f"not measured ({r.reason})", "", "")
-    console.print(table)
+    printer.table(table)
 
 
 @app.command()
@@ -421,39 +447,45 @@ def bench(
     if preset not in runner.PRESETS:
         raise typer.BadParameter(f"--preset must be one of {', '.join(runner.PRESETS)}")
     chosen = [m.strip() for m in models.split(",") if m.strip()] or None
-    spec = runner.PRESETS[preset]
-    n_models = len(chosen or spec["models"])
-    total = n_models * len(spec["executions"]) * len(spec["batches"])  # plus the sweeps, after
-    with _progress() as progress:
-        task = progress.add_task(f"bench --{preset}", total=total)
+    printer = Output()
+    with printer.progress() as progress:
+        task = progress.add_task(f"bench --{preset}", total=runner.count_steps(preset, chosen))
         report = runner.run_matrix(
             preset, seed=seed, models=chosen,
-            on_cell=lambda c: progress.update(task, advance=1, description=f"{c.model} {c.execution} b={c.batch}"),
+            on_cell=lambda c: progress.advance(task, description=f"{c.model} {c.execution} b={c.batch}"),
+            on_step=lambda what: progress.advance(task, description=what),
         )
-        progress.update(task, completed=total)
-    for path in runner.write_report(report, out):
-        console.print(f"wrote {path}")
+        progress.complete(task, description=f"bench --{preset}")
+    paths = runner.write_report(report, out)
+    printer.line(f"wrote {', '.join(p.name for p in paths)} in {out}")
     if attacks:
         from secure_infer.attacks import suite
 
-        result = _run_attack_suite(suite.QUICK)
-        for path in suite.write_report(result, out / "attacks"):
-            console.print(f"wrote {path}")
+        result = _run_attack_suite(printer, suite.QUICK)
+        written = suite.write_report(result, out / "attacks")
+        printer.line(f"wrote {', '.join(p.name for p in written)} in {out / 'attacks'}")
         section = suite.markdown(result).replace("## Attack resistance", "## Attack resistance (attacks/report.md)")
         with open(out / "report.md", "a") as fh:
             fh.write("\n" + section + "\n![ROC](attacks/mia_roc.png)\n![extraction](attacks/extraction.png)\n"
                      "![inversion](attacks/inversion.png)\n")
+    printer.report(out / "report.md")
 
 
-def _run_attack_suite(config: object) -> object:
+def _run_attack_suite(printer: Output, config: SuiteConfig) -> AttackReport:
+    """Run the suite with a progress bar: each step is counted done when the next one starts."""
     from secure_infer.attacks import suite
 
-    assert isinstance(config, suite.SuiteConfig)
-    total = 4 + 3 * 3 + 4 * len(config.backends) + 4 * len(config.dp_epsilons)
-    with _progress() as progress:
-        task = progress.add_task("attacks", total=total)
-        result = suite.run_suite(config, on_step=lambda msg: progress.update(task, advance=1, description=msg[:60]))
-        progress.update(task, completed=total, description="attacks done")
+    with printer.progress() as progress:
+        task = progress.add_task("attacks", total=suite.count_steps(config))
+        started = False
+
+        def on_step(what: str) -> None:
+            nonlocal started
+            progress.advance(task, 1 if started else 0, description=what)
+            started = True
+
+        result = suite.run_suite(config, on_step=on_step)
+        progress.complete(task, description="attacks")
     return result
 
 
@@ -474,16 +506,20 @@ def attack(
     if unknown:
         raise typer.BadParameter(f"--backends: unknown {sorted(unknown)}; use crypten, tenseal or none")
     config = dataclasses.replace(suite.FULL if full else suite.QUICK, backends=chosen, seed=seed)
-    result = _run_attack_suite(config)
-    console.print(suite.markdown(result))
-    for path in suite.write_report(result, out):
-        console.print(f"wrote {path}")
+    printer = Output()
+    result = _run_attack_suite(printer, config)
+    printer.line(suite.summary(result))
+    printer.line()
+    printer.table(suite.table(result))
+    written = suite.write_report(result, out)
+    printer.line(f"wrote {', '.join(p.name for p in written)} in {out}")
+    printer.report(out / "report.md")
 
 
 @app.command("datasets")
 def datasets_cmd() -> None:
     """List the data sets that work offline."""
-    table = Table(title="data sets")
+    table = TextTable("data sets")
     table.add_column("name")
     table.add_column("description")
     for name in datasets.available():
@@ -492,7 +528,7 @@ def datasets_cmd() -> None:
         else:
             desc = datasets.load(name).description
         table.add_row(name, desc)
-    console.print(table)
+    Output().table(table)
 
 
 @app.command()
@@ -520,8 +556,7 @@ def env() -> None:
                 rows[pkg] = getattr(mod, "__version__", "installed")
         except Exception as exc:  # report, never fail, on a missing optional part
             rows[pkg] = f"unavailable ({type(exc).__name__})"
-    for k, v in rows.items():
-        console.print(f"{k:>14}: {v}")
+    Output().lines(f"{k:>14}: {v}" for k, v in rows.items())
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from secure_infer import datasets
+from secure_infer._output import TextTable
 from secure_infer.attacks import defences
 from secure_infer.attacks.dp import train_dp
 from secure_infer.attacks.extraction import ExtractionPoint, extraction_attack
@@ -98,6 +99,18 @@ class AttackReport:
     dp: list[dict[str, float]]
     seconds: float
     environment: dict[str, str] = field(default_factory=dict)
+
+
+def count_steps(config: SuiteConfig) -> int:
+    """How many times :func:`run_suite` calls ``on_step`` with ``config`` (sizes a progress bar).
+
+    Victim, shadow models and the plaintext input-privacy view; three attacks on
+    each of the three plaintext rows; extraction from labels; per encrypted
+    backend its input-privacy view and three attacks; per DP epsilon the
+    training and three attacks.
+    """
+    backends = sum(b in ("crypten", "tenseal") for b in config.backends)
+    return 3 + 3 * 3 + 1 + 4 * backends + 4 * len(config.dp_epsilons)
 
 
 def _accuracy(query: Query, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -176,6 +189,7 @@ def run_suite(config: SuiteConfig = QUICK, *, on_step: Callable[[str], None] | N
                                    "outputs opened to the querier as in plaintext serving"))
     if "tenseal" in config.backends:
         import secure_infer as si
+        from secure_infer.backends.tenseal import TensealProgram
 
         step("TenSEAL: input privacy (ciphertext bytes)")
         view = attack_view("ciphertext bytes (TenSEAL)", ciphertext_view(victim, priv_x, sample), priv_y,
@@ -183,6 +197,7 @@ def run_suite(config: SuiteConfig = QUICK, *, on_step: Callable[[str], None] | N
         enc = si.wrap(victim, "tenseal", sample_input=sample, mode="batch", calibration=data.x_train,
                       poly_degree=config.tenseal_degree)
         approximated = [c for c in enc.report().conversions if c.kind == "approximated"]
+        assert isinstance(enc.program, TensealProgram)  # what wrap(..., "tenseal") builds
         note = (f"ReLU replaced by degree-{config.tenseal_degree} polynomials fitted on the range every accepted input "
                 f"can reach; worst-case logit error {enc.program.worst_case_error:.3g}") if approximated else ""
         rows.append(attack_row("TenSEAL CKKS (batch), full confidences", enc, view, note))
@@ -208,35 +223,44 @@ def _fmt_extraction(points: list[ExtractionPoint]) -> str:
     return " / ".join(f"{p.agreement:.2f}" for p in points)
 
 
-def markdown(report: AttackReport) -> str:
-    """The attack table and notes, as Markdown (also appended to the bench report)."""
+def summary(report: AttackReport) -> str:
+    """One paragraph: who the victim is, what membership is tested against, how long the suite took."""
+    cfg = report.config
+    return (f"Victim: zoo MLP trained {cfg.epochs} epochs on {cfg.members} digits examples (deliberately overfit); "
+            f"membership is tested on those {cfg.members} against {cfg.non_members} other training examples; the "
+            f"attacker's own pool is the rest of the training split ({cfg.shadows} shadow models). "
+            f"Suite time {report.seconds:.0f} s on this machine.")
+
+
+def table(report: AttackReport) -> TextTable:
+    """The attack table (a row per serving configuration) with its notes, for the terminal and for Markdown."""
     cfg = report.config
     budgets = "/".join(str(b) for b in cfg.budgets)
-    lines = [
-        "## Attack resistance",
-        "",
-        f"Victim: zoo MLP trained {cfg.epochs} epochs on {cfg.members} digits examples (deliberately overfit); "
-        f"membership is tested on those {cfg.members} against {cfg.non_members} other training examples; the "
-        f"attacker's own pool is the rest of the training split ({cfg.shadows} shadow models). "
-        f"Suite time {report.seconds:.0f} s on this machine.",
-        "",
-        f"| serving | test acc | MIA AUC loss / shadow / LiRA | TPR@1% FPR (best attack) | TPR@0.1% FPR (best attack) | "
-        f"extraction agreement @ {budgets} queries | inversion SSIM (MSE), classes identified | what the server sees | "
-        "input-privacy attack acc (chance; z) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    out = TextTable("Attack resistance: every attack through every way of serving")
+    for name in ("serving", "test acc", "MIA AUC loss / shadow / LiRA", "TPR@1% FPR (best attack)",
+                 "TPR@0.1% FPR (best attack)", f"extraction agreement @ {budgets} queries",
+                 "inversion SSIM (MSE), classes identified", "what the server sees",
+                 "input-privacy attack acc (chance; z)"):
+        out.add_column(name)
     for row in report.rows:
         mia = row.membership
-        lines.append(
-            f"| {row.name} | {row.accuracy:.3f} | {mia['loss'].auc:.3f} / {mia['shadow'].auc:.3f} / {mia['lira'].auc:.3f} | "
-            f"{max(r.tpr_at_1pct_fpr for r in mia.values()):.3f} | {max(r.tpr_at_01pct_fpr for r in mia.values()):.3f} | "
-            f"{_fmt_extraction(row.extraction)} | {row.inversion.mean_ssim:.3f} ({row.inversion.mean_mse:.4f}), "
-            f"{row.inversion.identified:.1f} | {row.input_privacy.view} | "
-            f"{row.input_privacy.accuracy:.3f} ({row.input_privacy.chance:.3f}; {row.input_privacy.z_above_chance:+.1f}) |"
+        out.add_row(
+            row.name, f"{row.accuracy:.3f}", f"{mia['loss'].auc:.3f} / {mia['shadow'].auc:.3f} / {mia['lira'].auc:.3f}",
+            f"{max(r.tpr_at_1pct_fpr for r in mia.values()):.3f}", f"{max(r.tpr_at_01pct_fpr for r in mia.values()):.3f}",
+            _fmt_extraction(row.extraction),
+            f"{row.inversion.mean_ssim:.3f} ({row.inversion.mean_mse:.4f}), {row.inversion.identified:.1f}",
+            row.input_privacy.view,
+            f"{row.input_privacy.accuracy:.3f} ({row.input_privacy.chance:.3f}; {row.input_privacy.z_above_chance:+.1f})",
         )
+    out.notes = _notes(report)
+    return out
+
+
+def _notes(report: AttackReport) -> list[str]:
+    cfg = report.config
+    budgets = "/".join(str(b) for b in cfg.budgets)
     first = report.rows[0].inversion
-    lines += [
-        "",
+    lines = [
         f"- Extraction from top-1 labels only (plaintext): agreement {_fmt_extraction(report.extraction_labels)} "
         f"at {budgets} queries, against {_fmt_extraction(report.rows[0].extraction)} with full confidences.",
         f"- Inversion baseline (no attack: the average training image): SSIM {first.baseline_ssim:.3f}, "
@@ -260,6 +284,13 @@ def markdown(report: AttackReport) -> str:
     for row in report.rows:
         if row.note:
             lines.append(f"- {row.name}: {row.note}.")
+    return lines
+
+
+def markdown(report: AttackReport) -> str:
+    """The attack table and notes, as Markdown (report.md, also appended to the bench report)."""
+    attacks = table(report)
+    lines = ["## Attack resistance", "", summary(report), "", attacks.markdown(aligned=False), "", *attacks.notes]
     return "\n".join(lines) + "\n"
 
 
