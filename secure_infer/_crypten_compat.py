@@ -66,7 +66,7 @@ def _export_with_torchscript(f: io.BytesIO, pytorch_model: Any, dummy_input: Any
         torch.onnx.export(
             pytorch_model,
             dummy_input,
-            f,
+            f,  # type: ignore[arg-type]  # torch's stub says a path; the TorchScript exporter writes to file objects
             do_constant_folding=False,
             export_params=True,
             input_names=["input"],
@@ -87,6 +87,7 @@ def load_crypten() -> ModuleType:
     Raises:
         BackendUnavailableError: crypten is not installed.
     """
+    converter: Any  # crypten ships no type information; its module attributes are patched below
     with _LOCK:
         _alias_moved_registration()
         try:

@@ -52,6 +52,7 @@ class BaselineResult:
     def describe(self) -> str:
         if not self.measured:
             return f"not measured ({self.reason})"
+        assert self.p50_s is not None and self.throughput is not None  # set whenever measured
         return f"{self.p50_s * 1e3:.3f} ms/batch, {self.throughput:,.0f} inputs/s"
 
 

@@ -1051,9 +1051,9 @@ def _adaptive_fn(kind: str, dims: int) -> Callable[[_Call], _Ref]:
 def _adaptive_module(call: _Call, module: nn.Module) -> _Ref:
     kind = "max" if isinstance(module, nn.AdaptiveMaxPool1d | nn.AdaptiveMaxPool2d) else "avg"
     dims = 1 if isinstance(module, nn.AdaptiveMaxPool1d | nn.AdaptiveAvgPool1d) else 2
-    if kind == "max" and module.return_indices:  # type: ignore[union-attr]
+    if kind == "max" and module.return_indices:
         raise _Unsupported("adaptive max pooling with return_indices=True")
-    return _adaptive(call, kind, dims, module.output_size)  # type: ignore[union-attr]
+    return _adaptive(call, kind, dims, module.output_size)
 
 
 # -- modules kept as they are ------------------------------------------------------

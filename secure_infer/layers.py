@@ -82,7 +82,7 @@ class _Pool(nn.Module):
             raise ValueError(f"pooling over {dims} dimensions; 1 or 2 are supported")
         self.dims = dims
         self.kernel_size = _tuple(kernel_size, dims)
-        self.stride = _tuple(stride if stride not in (None, [], ()) else kernel_size, dims)  # type: ignore[arg-type]
+        self.stride = _tuple(stride if stride not in (None, [], ()) else kernel_size, dims)
         self.padding = _tuple(padding, dims)
         self.ceil_mode = bool(ceil_mode)
 
