@@ -7,8 +7,10 @@ the model owner, rank 1 the data owner, ranks 2.. are helper parties; with
 ``dealer=True`` CrypTen's trusted third party runs as one more process.
 
 A party that dies makes :meth:`PartyPool.run` raise :class:`PartyFailure`
-within ``timeout`` seconds at most, and the remaining parties are stopped:
-gloo on its own would leave them blocked in a collective for 30 minutes.
+as soon as its pipe closes or its process has exited (naming the rank and its
+exit code), a party that hangs (stopped, deadlocked) makes it raise within
+``timeout`` seconds, and in both cases every party process is stopped: gloo on
+its own would leave the survivors blocked in a collective for 30 minutes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +71,26 @@ def role_of(rank: int, world_size: int) -> str:
     if rank == world_size:
         return "dealer (TTP)"
     return ROLE_NAMES.get(rank, "helper")
+
+
+def describe_exit(code: int) -> str:
+    """``code`` as a person reads it: ``-9`` is ``-9 (killed by SIGKILL)``."""
+    if code < 0:
+        try:
+            return f"{code} (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return f"{code} (killed by signal {-code})"
+    return str(code)
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (``T``: stopped), or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # "pid (comm) S ...": comm may hold spaces or parentheses, the state follows the last ")"
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -174,7 +197,7 @@ def party_main(settings: PartySettings, graph: Graph | NativeSpec | PartyJob, co
             result = graph.run(crypten, settings.rank)
             stats = comm.get_communication_stats()
             _send(conn, ("ready", settings.rank, {"result": result, "seconds": time.perf_counter() - started, **stats}))
-            graph = None
+            del graph  # the job's own data is not needed while waiting to close
             while _recv(conn)[0] != "close":
                 pass
             crypten.uninit()
@@ -210,7 +233,13 @@ def party_main(settings: PartySettings, graph: Graph | NativeSpec | PartyJob, co
 
 
 class PartyPool:
-    """Start ``parties`` CrypTen processes (plus a dealer) and keep them up across calls."""
+    """Start ``parties`` CrypTen processes (plus a dealer) and keep them up across calls.
+
+    ``timeout`` bounds every wait on a party (start-up, each call); it may be
+    changed between calls. A party whose process exits is reported at once, a
+    silent one after ``timeout``; either way all parties are stopped and the
+    pool is closed (start a new one to go on).
+    """
 
     def __init__(
         self,
@@ -260,10 +289,12 @@ class PartyPool:
         finally:
             listener.close()
         self._conns = [by_rank[r] for r in range(total)]
-        for rank, conn in enumerate(self._conns):
-            settings = PartySettings(parties, rank, master_addr, port, dealer, threads, precision_bits)
-            payload = None if rank == parties else payloads[rank]
-            _send(conn, ("init", settings, payload))
+        self._deliver(
+            [(rank, ("init", PartySettings(parties, rank, master_addr, port, dealer, threads, precision_bits),
+                     None if rank == parties else payloads[rank]))
+             for rank in range(total)],
+            phase="start-up",
+        )
         ready = self._collect("ready", range(total), phase="start-up")
         self.setup = dict(ready)
 
@@ -285,15 +316,21 @@ class PartyPool:
         while len(by_rank) < total:
             for rank, proc in enumerate(self._procs):
                 if proc.poll() is not None and rank not in by_rank:
-                    raise self._fail(f"party {rank} ({role_of(rank, self.parties)}) exited with code {proc.returncode} while starting")
+                    raise self._fail(self._exited(rank, "while starting"))
             if time.monotonic() > deadline:
-                raise self._fail(f"parties did not connect within {self.timeout:.0f} s")
+                raise self._fail(f"parties did not connect within {self.timeout:.0f} s; all parties were stopped. "
+                                 "The machine may be overloaded: pass a larger timeout=")
             try:
                 item = arrived.get(timeout=0.2)
             except queue.Empty:
                 continue
             if isinstance(item, BaseException):
                 raise self._fail(f"a party could not connect to the coordinator: {item}")
+            # a party stopped right after connecting must not block the caller here
+            if not item.poll(max(0.0, deadline - time.monotonic())):
+                item.close()
+                raise self._fail(f"a party connected but did not say which rank it is within {self.timeout:.0f} s; "
+                                 "all parties were stopped")
             hello = _recv(item)
             by_rank[int(hello[1])] = item
         return by_rank
@@ -302,11 +339,35 @@ class PartyPool:
     def ranks(self) -> range:
         return range(self.parties)
 
+    @property
+    def pids(self) -> dict[int, int]:
+        """Rank -> OS process id of every party still held (the dealer's rank is ``parties``).
+
+        For monitoring and failure drills (a test may SIGKILL or SIGSTOP one);
+        empty once the pool is closed.
+        """
+        return {rank: proc.pid for rank, proc in enumerate(self._procs)}
+
+    def _name(self, rank: int) -> str:
+        return f"party {rank} ({role_of(rank, self.parties)})"
+
     def _fail(self, message: str, details: str = "") -> PartyFailure:
         self.close(force=True)
         error = PartyFailure(message)
         error.details = details  # the party's full traceback, for debugging
         return error
+
+    def _exited(self, rank: int, when: str) -> str:
+        """The message for a party whose pipe closed or whose process ended ``when`` (``during inference``)."""
+        proc = self._procs[rank]
+        try:
+            code = describe_exit(proc.wait(timeout=2))  # its pipe closes just before the exit status is set
+        except subprocess.TimeoutExpired:
+            code = "unknown (it closed its connection but had not exited yet)"
+        advice = ("a signal from outside; SIGKILL is often the out-of-memory killer"
+                  if proc.returncode is not None and proc.returncode < 0 else "its traceback is printed above")
+        return (f"{self._name(rank)} exited with code {code} {when}; all parties were stopped. "
+                f"Cause: {advice}. Start the parties again (wrap the model again) to continue")
 
     def _explain(self, rank: int, phase: str, traceback_text: str) -> str:
         """Name the root cause: a party that died makes its peers fail in gloo."""
@@ -315,55 +376,102 @@ class PartyPool:
         time.sleep(0.2)  # let a dying peer's exit status settle
         dead = [r for r, proc in enumerate(self._procs) if r != rank and proc.poll() is not None]
         if dead:
-            names = ", ".join(f"party {r} ({role_of(r, self.parties)}) exited with code {self._procs[r].returncode}"
+            names = ", ".join(f"{self._name(r)} exited with code {describe_exit(self._procs[r].returncode)}"
                               for r in dead)
-            return f"{names} during {phase}; party {rank} ({role_of(rank, self.parties)}) then failed ({cause}); all parties were stopped"
-        return f"party {rank} ({role_of(rank, self.parties)}) failed during {phase}: {cause}; all parties were stopped"
+            return f"{names} during {phase}; {self._name(rank)} then failed ({cause}); all parties were stopped"
+        return f"{self._name(rank)} failed during {phase}: {cause}; all parties were stopped"
+
+    def _silent(self, waiting: set[int], phase: str) -> str:
+        """The message for parties that did not answer within ``timeout``, naming a stopped one as the cause."""
+        stopped = [r for r in sorted(waiting) if process_state(self._procs[r].pid) in ("T", "t")]
+        others = [r for r in sorted(waiting) if r not in stopped]
+        within = f"within {self.timeout:.0f} s during {phase}"
+        if stopped:
+            names = ", ".join(self._name(r) for r in stopped)
+            what = f"{names} {'is' if len(stopped) == 1 else 'are'} stopped (SIGSTOP or a debugger) and did not answer {within}"
+            if others:
+                what += f" ({', '.join(self._name(r) for r in others)} waited on it)"
+        else:
+            what = f"{', '.join(self._name(r) for r in others)} did not answer {within}"
+        return (f"{what}; all parties were stopped. Resume or stop whatever paused the party, or pass a larger "
+                "timeout= if the model legitimately needs longer, then start the parties again")
+
+    def _deliver(self, messages: list[tuple[int, Any]], *, phase: str) -> None:
+        """Send each ``(rank, message)`` within ``timeout``.
+
+        From a helper thread: a stopped party's full socket buffer would
+        otherwise block the caller in the write forever.
+        """
+        state: dict[str, Any] = {"rank": None, "error": None}
+
+        def send_all() -> None:
+            for rank, message in messages:
+                state["rank"] = rank
+                try:
+                    _send(self._conns[rank], message)
+                except (BrokenPipeError, OSError) as exc:
+                    state["error"] = exc
+                    return
+            state["rank"] = None
+
+        sender = threading.Thread(target=send_all, daemon=True)
+        sender.start()
+        sender.join(self.timeout)
+        if sender.is_alive():
+            rank = int(state["rank"])
+            stopped = process_state(self._procs[rank].pid) in ("T", "t")
+            self._stop_processes()  # the blocked write fails once its reader is gone
+            sender.join(5)
+            raise self._fail(f"{self._name(rank)}{' is stopped (SIGSTOP or a debugger) and' if stopped else ''} "
+                             f"did not take its {phase} message within {self.timeout:.0f} s; all parties were "
+                             "stopped. Resume or stop whatever paused it, then start the parties again")
+        if state["error"] is not None:
+            raise self._fail(self._exited(int(state["rank"]), f"before {phase}"))
 
     def _collect(self, kind: str, ranks: Any, *, phase: str) -> dict[int, Any]:
-        """Wait for ``kind`` from every rank; turn deaths, errors and timeouts into PartyFailure."""
+        """Wait for ``kind`` from every rank; turn deaths, errors and timeouts into PartyFailure.
+
+        A closed pipe (EOF) or an exited process is reported at once, from its
+        own exit code, not only when a surviving peer's collective fails.
+        """
         waiting = set(ranks)
         got: dict[int, Any] = {}
         deadline = time.monotonic() + self.timeout
-        conn_rank = {id(self._conns[r]): r for r in waiting}
+        conn_rank = {id(conn): r for r, conn in enumerate(self._conns)}
         while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
-                names = ", ".join(f"party {r} ({role_of(r, self.parties)})" for r in sorted(waiting))
-                raise self._fail(f"{names} did not answer within {self.timeout:.0f} s during {phase}; all parties were stopped")
-            conns = [self._conns[r] for r in waiting]
-            for ready in wait(conns, timeout=min(left, 0.2)):
+                raise self._fail(self._silent(waiting, phase))
+            # every party (the dealer too) is watched: any death stalls the others
+            for ready in wait(self._conns, timeout=min(left, 0.2)):
                 assert isinstance(ready, Connection)
                 rank = conn_rank[id(ready)]
                 try:
                     what, _, payload = _recv(ready)
                 except (EOFError, OSError):
-                    continue  # the exit code below reports the death
+                    raise self._fail(self._exited(rank, f"during {phase}")) from None
                 if what == "error":
-                    raise self._fail(self._explain(rank, phase, payload))
-                if what == kind:
+                    raise self._fail(self._explain(rank, phase, payload), details=payload)
+                if what == kind and rank in waiting:
                     got[rank] = payload
                     waiting.discard(rank)
-            for rank in list(waiting):
-                proc = self._procs[rank]
+            for rank, proc in enumerate(self._procs):
+                # an exited party's last messages (its error) are read above first
                 if proc.poll() is not None and not self._conns[rank].poll():
-                    raise self._fail(
-                        f"party {rank} ({role_of(rank, self.parties)}) exited with code "
-                        f"{proc.returncode} during {phase}; the other parties were stopped"
-                    )
+                    raise self._fail(self._exited(rank, f"during {phase}"))
         return got
 
     def run(self, x: torch.Tensor, reveal: frozenset[str] = frozenset()) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[int, dict[str, Any]]]:
         """Secret-share ``x`` from the data owner, evaluate, open the output to the data owner."""
         if not self._procs:
             raise PartyFailure("the party pool is closed; wrap the model again")
+        for rank, proc in enumerate(self._procs):
+            if proc.poll() is not None:  # died between calls: say so before anyone waits on it
+                raise self._fail(self._exited(rank, "before inference"))
         shape = tuple(x.shape)
-        for rank in self.ranks:
-            payload = x if rank == 1 else None  # the input goes to the data owner only
-            try:
-                _send(self._conns[rank], ("run", payload, shape, reveal))
-            except (BrokenPipeError, OSError):
-                raise self._fail(f"party {rank} ({role_of(rank, self.parties)}) is gone; all parties were stopped") from None
+        # the input goes to the data owner only
+        self._deliver([(rank, ("run", x if rank == 1 else None, shape, reveal)) for rank in self.ranks],
+                      phase="inference")
         results = self._collect("result", self.ranks, phase="inference")
         y, revealed, _ = results[1]
         stats = {rank: r[2] for rank, r in results.items()}
@@ -374,29 +482,41 @@ class PartyPool:
         self._procs[rank].kill()
         self._procs[rank].wait()
 
+    def _stop_processes(self) -> None:
+        """SIGKILL every party still running and reap it; a stopped (SIGSTOP) one is killed too."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()  # SIGKILL ends a stopped process as well; SIGCONT is not needed
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a process in uninterruptible sleep
+                pass
+
     def close(self, force: bool = False) -> None:
         """Stop every party; graceful unless ``force`` or a party is stuck."""
         if not self._procs:
             return
-        if not force:
-            for rank in self.ranks:
+        try:
+            if not force:
+                for rank in range(len(self._conns)):
+                    if rank >= self.parties:
+                        continue  # the dealer stops when rank 0 tells it to
+                    try:
+                        _send(self._conns[rank], ("close",))
+                    except (BrokenPipeError, OSError):
+                        force = True
+            deadline = time.monotonic() + (0 if force else 10)
+            for proc in self._procs:
                 try:
-                    _send(self._conns[rank], ("close",))
-                except (BrokenPipeError, OSError):
-                    force = True
-        deadline = time.monotonic() + (0 if force else 10)
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
-        for conn in self._conns:
-            conn.close()
-        self._procs, self._conns = [], []
+                    proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            self._stop_processes()
+        finally:
+            for conn in self._conns:
+                conn.close()
+            self._procs, self._conns = [], []
 
     def __del__(self) -> None:
         try:
