@@ -112,9 +112,11 @@ class HEServer:
         request (its threads serve clients concurrently).
         """
         import secure_infer as si
+        from secure_infer.backends.tenseal import TensealProgram
 
         enc = si.wrap(model, backend="tenseal", sample_input=sample_input, mode=mode, calibration=calibration,
                       schedule=schedule, poly_degree=poly_degree, tolerance=tolerance)
+        assert isinstance(enc.program, TensealProgram)  # what wrap(..., "tenseal") builds
         enc.program.forget_client_keys()
         server = cls(enc.program, **kwargs)
         server.report = enc.report()

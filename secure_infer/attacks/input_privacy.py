@@ -54,10 +54,13 @@ def plaintext_view(x: torch.Tensor) -> np.ndarray:
 def ciphertext_view(model: torch.nn.Module, x: torch.Tensor, sample: torch.Tensor) -> np.ndarray:
     """TenSEAL latency mode: the bytes of each input's ciphertext, as the server receives them."""
     import secure_infer as si
+    from secure_infer.backends.tenseal import TensealProgram
     from secure_infer.backends.tenseal._seal import to_bytes
 
     enc = si.wrap(model, "tenseal", sample_input=sample, mode="latency", calibration=x)
+    assert isinstance(enc.program, TensealProgram)  # what wrap(..., "tenseal") builds
     client = enc.program.client
+    assert client is not None  # a fresh program holds its client keys
     rows = []
     for _, cts in client.requests(client.check_input(x)):
         blob = to_bytes(cts[0])

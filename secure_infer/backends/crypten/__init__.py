@@ -68,8 +68,10 @@ class CryptenProgram(Program):
             y_enc, revealed = self._local(x_enc, reveal=reveal)
             y = y_enc.get_plain_text()
             s = comm.get_communication_stats()
-            per_party = ({"rank": 0, "role": "all roles (simulation)", "bytes": s["bytes"], "rounds": s["rounds"],
-                          "seconds": time.perf_counter() - started},)
+            per_party: tuple[dict[str, Any], ...] = (
+                {"rank": 0, "role": "all roles (simulation)", "bytes": s["bytes"], "rounds": s["rounds"],
+                 "seconds": time.perf_counter() - started},
+            )
         else:
             if self._pool is None:
                 raise PartyFailure("the party processes are closed; wrap the model again to restart them")

@@ -46,7 +46,7 @@ def mlp(in_features: int, hidden: int, classes: int, seed: int) -> nn.Sequential
 def _batches(n: int, epochs: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     """The public mini-batch schedule: index tensors, epoch by epoch."""
     gen = torch.Generator().manual_seed(seed + 1)
-    out = []
+    out: list[torch.Tensor] = []
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         out.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
@@ -214,14 +214,15 @@ def train_mlp(
     else:
         cut = n // 2
         parts = {"x0": (x[:cut], 0), "x1": (x[cut:], 1), "y0": (onehot[:cut], 0), "y1": (onehot[cut:], 1)}
-    plan = {
-        "piece_shapes": {k: tuple(t.shape) for k, (t, _) in parts.items()},
-        "piece_owner": {k: r for k, (_, r) in parts.items()},
-        "layout": split, "in_features": d, "hidden": hidden, "classes": data.num_classes,
-        "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "weights_to": weights_to,
-    }
+    piece_shapes = {k: tuple(t.shape) for k, (t, _) in parts.items()}
+    piece_owner = {k: r for k, (_, r) in parts.items()}
     jobs = [
-        _TrainJob(pieces={k: (t if r == rank else None) for k, (t, r) in parts.items()}, **plan)
+        _TrainJob(
+            pieces={k: (t if r == rank else None) for k, (t, r) in parts.items()},
+            piece_shapes=piece_shapes, piece_owner=piece_owner,
+            layout=split, in_features=d, hidden=hidden, classes=data.num_classes,
+            epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weights_to=weights_to,
+        )
         for rank in (0, 1)
     ]
     started = time.perf_counter()
@@ -236,7 +237,7 @@ def train_mlp(
     model.load_state_dict(owned["state_dict"])
     model.eval()
     reference = plaintext_sgd(data, hidden=hidden, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    per_party = tuple(
+    per_party: tuple[dict[str, Any], ...] = tuple(
         {"rank": r, "role": ("features" if r == 0 else "labels") if split == "labels" else f"data owner {r}",
          "bytes": int(s["bytes"]), "rounds": int(s["rounds"]), "seconds": float(s["seconds"])}
         for r, s in sorted(results.items())

@@ -312,9 +312,9 @@ def _build(graph: Graph, kinds: dict[str, str]) -> tuple[list[Stage], int, dict[
         value[node.name] = len(stages) - 1
     out = graph.output.inputs[0]
     output = value[out] if out in value and value[out] != INPUT else affine(out)
-    for stage in stages:
-        if isinstance(stage, AffineStage):
-            stage.raw = ([b.copy() for b in stage.blocks], stage.bias.copy())
+    for built in stages:
+        if isinstance(built, AffineStage):
+            built.raw = ([b.copy() for b in built.blocks], built.bias.copy())
     return stages, output, approximated
 
 
@@ -405,12 +405,12 @@ def _backward(stages: list[Stage], target: int, intervals: dict[int, tuple[np.nd
                                       else (slope_lo, off_lo, slope_hi, off_hi))
         const = const + pos @ o_pos + neg @ o_neg
         coefs[source.input] = coefs.get(source.input, 0) + pos * s_pos[None, :] + neg * s_neg[None, :]
-    lam = coefs.get(INPUT)
-    if lam is None or np.isscalar(lam):
+    lam_input = coefs.get(INPUT)
+    if lam_input is None or np.isscalar(lam_input):
         return const
     lo, hi = intervals[INPUT]
     center, radius = (lo + hi) / 2.0, (hi - lo) / 2.0
-    return const + lam @ center + (1.0 if upper else -1.0) * (np.abs(lam) @ radius)
+    return const + lam_input @ center + (1.0 if upper else -1.0) * (np.abs(lam_input) @ radius)
 
 
 def _relaxation(stage: PolyStage, lo: np.ndarray, hi: np.ndarray) -> Relaxation:

@@ -148,7 +148,7 @@ class _Ops:
         pid = self.deepest([a, b])
         out = self.new()
         self.ev.multiply(self.lower(a, pid), self.lower(b, pid), out)
-        self.ev.relinearize_inplace(out, self.server.public.relin_keys)
+        self.ev.relinearize_inplace(out, self.server.keys.relin_keys)
         self.ev.rescale_to_next_inplace(out)
         return out
 
@@ -168,7 +168,7 @@ class _Ops:
         pid = self.deepest([a, b] if c is None else [a, b, c])
         out = self.new()
         self.ev.multiply(self.lower(a, pid), self.lower(b, pid), out)
-        self.ev.relinearize_inplace(out, self.server.public.relin_keys)
+        self.ev.relinearize_inplace(out, self.server.keys.relin_keys)
         doubled = self.new()
         self.ev.add(out, out, doubled)
         out = doubled
@@ -255,7 +255,7 @@ class _Ops:
     def relinearized_product(self, a: Any, b: Any) -> Any:
         out = self.new()
         self.ev.multiply(a, b, out)
-        self.ev.relinearize_inplace(out, self.server.public.relin_keys)
+        self.ev.relinearize_inplace(out, self.server.keys.relin_keys)
         return out
 
     def polynomial(self, ct: Any, stage: PolyStage, coefficients: Any = None) -> Any:
@@ -272,7 +272,7 @@ class _Ops:
         if stage.degree == 2 and c[2] == 1.0:
             square = self.new()
             self.ev.square(ct, square)
-            self.ev.relinearize_inplace(square, self.server.public.relin_keys)
+            self.ev.relinearize_inplace(square, self.server.keys.relin_keys)
             if c[1] != 0.0:
                 plain = self.server.encode(float(c[1]), ct.parms_id(), ct.scale)
                 if not plain.is_zero():
@@ -685,7 +685,7 @@ class LatencyPlan:
             result = ops.tiny(ct, ops.server.prime_at(ct.parms_id()))
         for step in row.fold_steps:
             rotated = ops.new()
-            ops.ev.rotate_vector(result, step, ops.server.public.galois_keys, rotated)
+            ops.ev.rotate_vector(result, step, ops.server.keys.galois_keys, rotated)
             ops.ev.add_inplace(result, rotated)
         if not self.weight_bits:  # a square chain leaves the rescale to the square that follows
             ops.rescale(result)
@@ -701,7 +701,7 @@ class LatencyPlan:
 
     def _diagonal_product(self, ops: _Ops, part: _Part, ct: Any, blocks: list[list[tuple[int, Any]]]) -> Any:
         """matrix @ x by the diagonal method with baby-step/giant-step rotations, not yet folded or rescaled."""
-        ev, keys = ops.ev, ops.server.public.galois_keys
+        ev, keys = ops.ev, ops.server.keys.galois_keys
         babies = {0: ct}
         for b in range(1, part.giant):
             babies[b] = ops.new()
@@ -922,8 +922,8 @@ class BatchPlan:
                         ops.match_scale(term, accs[k].scale)
                     ev.add_inplace(accs[k], term)
         out = []
-        for k, r in enumerate(rows):
-            acc = accs[k]
+        for i, r in enumerate(rows):
+            acc = accs[i]
             if acc is None:  # every weight of the row is (or rounds to) zero
                 acc = ops.tiny(cts[0], scale)
             if not self.weight_bits:

@@ -125,7 +125,7 @@ def fit(f: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: np.ndarray
     h = t[1] - t[0]
     error = np.empty(len(center))
     out_low, out_high, lipschitz = np.empty_like(error), np.empty_like(error), np.empty_like(error)
-    relaxation = tuple(np.empty_like(error) for _ in range(4))
+    relaxation = (np.empty_like(error), np.empty_like(error), np.empty_like(error), np.empty_like(error))
     deriv = C.chebder(coefficients, axis=1) if degree > 0 else np.zeros((len(center), 1))
     step = max(1, 2_000_000 // GRID)
     for start in range(0, len(center), step):
@@ -142,9 +142,9 @@ def fit(f: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: np.ndarray
         out_high[part] = p.max(axis=1) + h / 2.0 * slope_p * 1.01
         lipschitz[part] = slope_f / radius[part] * 1.01
         ends = C.chebvander(np.array([-1.0, 1.0]), deriv.shape[1] - 1) @ deriv[part].T  # p' at -1 and +1
-        for k, value in enumerate(linear_bounds(t, p, ends, slope_p, h)):
-            relaxation[k][part] = value
-    return Fit(center, radius, coefficients, error, out_low, out_high, lipschitz, relaxation)  # type: ignore[arg-type]
+        for i, value in enumerate(linear_bounds(t, p, ends, slope_p, h)):
+            relaxation[i][part] = value
+    return Fit(center, radius, coefficients, error, out_low, out_high, lipschitz, relaxation)
 
 
 def linear_bounds(x: np.ndarray, p: np.ndarray, end_slopes: np.ndarray, steepest: np.ndarray,

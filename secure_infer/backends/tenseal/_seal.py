@@ -193,6 +193,13 @@ class ServerContext:
         self.evaluator = seal.Evaluator(self.context)
         self.encoder = seal.CKKSEncoder(self.context)
 
+    @property
+    def keys(self) -> PublicMaterial:
+        """The evaluation keys loaded so far; evaluating without any is a programming error."""
+        if self.public is None:
+            raise RuntimeError("this server context holds no evaluation keys: load_keys() first")
+        return self.public
+
     def load_keys(self, blobs: dict[str, bytes], rotation_steps: tuple[int, ...]) -> PublicMaterial:
         """Load a client's serialized evaluation keys (see :data:`KEY_BLOBS`); ``ValueError`` if bad."""
         self.public = PublicMaterial.load(self.context, blobs, rotation_steps)

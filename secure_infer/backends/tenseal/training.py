@@ -97,7 +97,7 @@ def train_logistic_regression(
     started = time.perf_counter()
     client = ClientKeys(_PARAMS, ())
     server = ServerContext(_PARAMS, None)
-    server.load_keys(client.public_blobs, client.rotation_steps)
+    public = server.load_keys(client.public_blobs, client.rotation_steps)
     ops = _Ops(server)
     ev = server.evaluator
     pad = np.zeros(_PARAMS.slots)
@@ -124,7 +124,8 @@ def train_logistic_regression(
                 z = term
             else:
                 ev.add_inplace(z, term)
-        ev.relinearize_inplace(z, server.public.relin_keys)
+        assert z is not None  # data sets have at least one feature
+        ev.relinearize_inplace(z, public.relin_keys)
         ev.rescale_to_next_inplace(z)
         bias = ops.mod_to(enc_b, z)
         bias.scale = z.scale
