@@ -142,7 +142,10 @@ class HEServer:
 
     def serve_forever(self) -> None:
         """Accept connections until :meth:`close`; one thread per connection."""
-        self._sock.settimeout(0.2)
+        try:
+            self._sock.settimeout(0.2)
+        except OSError:  # closed before this thread got going (start() then close() at once)
+            return
         while not self._closed.is_set():
             try:
                 conn, peer = self._sock.accept()
