@@ -4,6 +4,10 @@ Each party is the same ``secure-infer party`` command a user would start by
 hand on another host; the launcher only starts them, waits, and reports. When
 a party fails, it measures how long the others take to exit on their own
 (each with its own clear error), and kills any that outlive ``grace``.
+
+Failure drills strike at a named phase (``kill_when``): the launcher reads the
+marker line each party prints as it enters a phase, so the kill lands at the
+same point of the protocol however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from protocols.mpc.party import PartyConfig, PartyOutcome
+from protocols.mpc.party import PartyConfig, PartyOutcome, parse_phase_line
+from secure_infer._errors import ParameterError
 
 __all__ = ["LaunchResult", "launch_local", "local_parties", "party_command"]
 
@@ -52,6 +58,8 @@ class LaunchResult:
         first_failure_s: when the first party failed (seconds after start), if any.
         others_exited_after_s: seconds from the first failure until every other party had exited.
         killed_by_launcher: ranks the launcher had to kill (they outlived ``grace``).
+        killed_at_s: when ``kill_after``/``kill_when`` struck (seconds after start), if it did.
+        phases: rank -> the phases the party announced, in order (its last one is where it stopped).
     """
 
     outcomes: dict[int, PartyOutcome] = field(default_factory=dict)
@@ -61,14 +69,26 @@ class LaunchResult:
     first_failure_s: float | None = None
     others_exited_after_s: float | None = None
     killed_by_launcher: list[int] = field(default_factory=list)
+    killed_at_s: float | None = None
+    phases: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.errors and all(code == 0 for code in self.exit_codes.values())
 
 
+def _announced(log: Path) -> list[str]:
+    """The phases a party announced in its log so far, in order."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [parsed[1] for line in text.splitlines() if (parsed := parse_phase_line(line)) is not None]
+
+
 def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 180.0,
                  kill_after: tuple[int, float] | None = None,
+                 kill_when: tuple[int, str] | None = None,
                  prefix: Callable[[PartyConfig], list[str]] | None = None) -> LaunchResult:
     """Start one process per config, wait for all, and report.
 
@@ -76,10 +96,17 @@ def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 18
         configs: one per party (dealer included), each with the same master address.
         workdir: where each party's log and summary go (``party-R.log``, ``party-R.json``).
         grace: after a failure, seconds the others get to exit before they are killed.
-        kill_after: ``(rank, seconds)``: kill that party abruptly, for failure drills.
+        kill_after: ``(rank, seconds)``: kill that party abruptly after a wall-clock delay.
+        kill_when: ``(rank, phase)``: kill that party abruptly as soon as every party but
+            the dealer has announced ``phase`` (``inference``, ``training``...), so the
+            survivors are known to be in that phase: the drill to prefer on a loaded machine.
         prefix: a command to run each party under, e.g. ``ip netns exec NS`` to
             give each party its own network namespace (its own host, in effect).
     """
+    if kill_after is not None and kill_when is not None:
+        raise ParameterError("pass kill_after or kill_when, not both")
+    if kill_when is not None and kill_when[0] not in {c.rank for c in configs}:
+        raise ParameterError(f"kill_when names rank {kill_when[0]}, which is not among the configs")
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1"}
     procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -94,13 +121,21 @@ def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 18
         procs[config.rank] = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                               stdout=logs[config.rank], stderr=subprocess.STDOUT)
     result = LaunchResult()
+    watched = [c.rank for c in configs if c.role != "dealer"]
     killed = False
     try:
         while len(result.exit_codes) < len(procs):
             now = time.monotonic() - started
-            if kill_after is not None and not killed and now >= kill_after[1]:
-                procs[kill_after[0]].kill()
+            victim = None
+            if kill_after is not None and now >= kill_after[1]:
+                victim = kill_after[0]
+            elif kill_when is not None and not killed and all(
+                    kill_when[1] in _announced(workdir / f"party-{rank}.log") for rank in watched):
+                victim = kill_when[0]
+            if victim is not None and not killed:
+                procs[victim].kill()
                 killed = True
+                result.killed_at_s = now
             for rank, proc in procs.items():
                 if rank not in result.exit_codes and proc.poll() is not None:
                     result.exit_codes[rank] = proc.returncode
@@ -122,6 +157,7 @@ def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 18
     if result.first_failure_s is not None:
         result.others_exited_after_s = result.wall_s - result.first_failure_s
     for config in configs:
+        result.phases[config.rank] = _announced(workdir / f"party-{config.rank}.log")
         summary = workdir / f"party-{config.rank}.json"
         if result.exit_codes.get(config.rank) == 0 and summary.is_file():
             data = json.loads(summary.read_text())
@@ -135,12 +171,12 @@ def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 18
 
 
 def local_parties(world_size: int, *, task: str, dealer: bool = False, port: int | None = None,
-                  **fields: object) -> list[PartyConfig]:
+                  **fields: Any) -> list[PartyConfig]:
     """Configs for every party of a job on this host (``fields`` go to each; per-rank ones via ``per_rank``)."""
     from protocols.mpc.party import infer_role
     from secure_infer.backends.crypten._pool import free_port
 
-    per_rank: dict[int, dict[str, object]] = fields.pop("per_rank", {})  # type: ignore[assignment]
+    per_rank: dict[int, dict[str, Any]] = fields.pop("per_rank", {})
     master = f"127.0.0.1:{port or free_port()}"
     configs = []
     for rank in range(world_size + (1 if dealer else 0)):

@@ -18,12 +18,19 @@ party reads only its own files:
 
 A peer that dies makes the others fail with a :class:`PartyFailure` naming
 the phase within ``--timeout`` seconds (gloo's own default is 30 minutes).
+
+Each party prints one line as it enters each phase (``rendezvous``, then
+``inference``/``training`` or ``dealing``, then ``shutdown``), e.g.
+``[secure-infer] party 1 (data-owner) phase: inference``: a launcher or an
+operator can see how far every party got, and a failure drill can strike at a
+known point instead of after a guessed number of seconds.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,23 @@ from secure_infer._errors import DatasetError, ParameterError, PartyFailure
 TASKS = ("infer", "train")
 ROLES = ("model-owner", "data-owner", "helper", "dealer")
 MODEL_OWNER, DATA_OWNER = 0, 1
+
+
+PHASE_PREFIX = "[secure-infer] party "
+
+
+def phase_line(rank: int, role: str, phase: str) -> str:
+    """The line a party prints when it enters ``phase`` (see :func:`parse_phase_line`)."""
+    return f"{PHASE_PREFIX}{rank} ({role}) phase: {phase}"
+
+
+def parse_phase_line(line: str) -> tuple[int, str] | None:
+    """``(rank, phase)`` from a line written by :func:`phase_line`, else None."""
+    if not line.startswith(PHASE_PREFIX) or " phase: " not in line:
+        return None
+    head, _, phase = line.rstrip().rpartition(" phase: ")
+    rank = head[len(PHASE_PREFIX):].split(" ", 1)[0]
+    return (int(rank), phase) if rank.isdigit() and phase else None
 
 
 def infer_role(rank: int, world_size: int) -> str:
@@ -140,8 +164,18 @@ class PartyOutcome:
         return json.dumps(asdict(self))
 
 
-def run_party(config: PartyConfig) -> PartyOutcome:
-    """Run one party to completion; raises :class:`PartyFailure` if a peer fails or times out."""
+def announce_phase(config: PartyConfig, phase: str) -> None:
+    """Print the phase marker line for ``config``'s party, flushed at once (launchers read it from the log)."""
+    print(phase_line(config.rank, config.role, phase), flush=True)
+
+
+def run_party(config: PartyConfig, *, on_phase: Callable[[PartyConfig, str], None] = announce_phase) -> PartyOutcome:
+    """Run one party to completion; raises :class:`PartyFailure` if a peer fails or times out.
+
+    ``on_phase(config, phase)`` is called as the party enters each phase (by
+    default it prints the marker line); ``rendezvous`` comes before the party
+    has joined its peers, the task's phase only once all of them have.
+    """
     from secure_infer.backends.crypten._pool import PartySettings, configure_crypten
 
     config.validate()
@@ -150,24 +184,24 @@ def run_party(config: PartyConfig) -> PartyOutcome:
     settings = PartySettings(config.world_size, config.rank, host, port, config.dealer, config.threads, 16,
                              collective_timeout_s=config.timeout)
     phase = "rendezvous"
+    on_phase(config, phase)
     crypten = configure_crypten(settings)
     try:
         if config.role == "dealer":
             phase = "dealing"
+            on_phase(config, phase)
             crypten.mpc.provider.TTPServer()  # returns when rank 0 sends "terminate"
             return PartyOutcome(config.rank, "dealer", config.task, time.perf_counter() - started)
         crypten.init()
         comm = crypten.communicator.get()
         comm.reset_communication_stats()
         group = comm.main_group
-        if config.task == "infer":
-            phase = "inference"
-            result = _infer(config, crypten, group)
-        else:
-            phase = "training"
-            result = _train(config, crypten, group)
+        phase = "inference" if config.task == "infer" else "training"
+        on_phase(config, phase)
+        result = _infer(config, crypten, group) if config.task == "infer" else _train(config, crypten, group)
         stats = comm.get_communication_stats()
         phase = "shutdown"
+        on_phase(config, phase)
         crypten.uninit()
     except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -284,7 +318,7 @@ def _train(config: PartyConfig, crypten: Any, group: Any) -> dict[str, Any]:
     return summary
 
 
-def save_trained(model: torch.nn.Module, path: Path, *, loss_curve: list[float]) -> None:
+def save_trained(model: torch.nn.Sequential, path: Path, *, loss_curve: list[float]) -> None:
     """Write the MPC-trained MLP (weights only, loadable with ``weights_only=True``)."""
     first, last = model[0], model[2]
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -46,12 +46,19 @@ def test_missing_model_file_is_named(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lenet_file(trained_zoo, tmp_path_factory) -> Path:
-    return zoo.save_model(trained_zoo["lenet"], tmp_path_factory.mktemp("model") / "lenet.pt")
+def lenet(digits) -> zoo.ZooModel:
+    """Only the model these tests need (the session's whole trained zoo takes minutes on a loaded machine)."""
+    return zoo.pretrained("lenet", digits, seed=0)
+
+
+@pytest.fixture(scope="module")
+def lenet_file(lenet, tmp_path_factory) -> Path:
+    return zoo.save_model(lenet, tmp_path_factory.mktemp("model") / "lenet.pt")
 
 
 @pytest.mark.multiprocess
-def test_three_parties_infer_and_only_the_data_owner_learns_the_output(trained_zoo, digits, lenet_file, tmp_path) -> None:
+@pytest.mark.timeout(400)
+def test_three_parties_infer_and_only_the_data_owner_learns_the_output(lenet, digits, lenet_file, tmp_path) -> None:
     out = tmp_path / "logits.npy"
     configs = local_parties(3, task="infer", timeout=60, per_rank={
         0: {"model": lenet_file}, 1: {"input": "digits:0-8", "output": out}})
@@ -59,7 +66,7 @@ def test_three_parties_infer_and_only_the_data_owner_learns_the_output(trained_z
     assert result.ok, result.errors
     logits = torch.from_numpy(np.load(out))
     with torch.no_grad():
-        plain = trained_zoo["lenet"].model(digits.x_test[:8])
+        plain = lenet.model(digits.x_test[:8])
     assert torch.equal(logits.argmax(1), plain.argmax(1))
     assert float((logits - plain).abs().max()) < 0.05
     assert result.outcomes[1].result["predictions"] == plain.argmax(1).tolist()
@@ -85,37 +92,57 @@ def _parts(tmp_path: Path, split: str, parties: int) -> tuple[dict[int, dict], o
     return per_rank, data
 
 
+# What every party may learn from training: the public shape of the job, nothing trained.
+PUBLIC_SUMMARY = {"split", "rows", "features", "classes", "data_owners"}
+
+
 @pytest.mark.multiprocess
+@pytest.mark.timeout(400)
 @pytest.mark.parametrize(("split", "parties"), [("rows", 3), ("features", 2)])
 def test_data_owners_train_together_and_only_the_entitled_one_gets_weights(tmp_path, split, parties) -> None:
     per_rank, data = _parts(tmp_path, split, parties)
-    weights = tmp_path / "trained.pt"
-    per_rank[1]["output"] = weights
+    entitled = 1
+    for rank in range(parties):  # every party asks for the weights; only the entitled one may write them
+        per_rank.setdefault(rank, {})["output"] = tmp_path / f"trained-{rank}.pt"
     settings = {"hidden": 8, "epochs": 2, "lr": 0.2, "batch_size": 32, "seed": 0}
-    configs = local_parties(parties, task="train", weights_to=1, timeout=120, per_rank=per_rank, **settings)
+    configs = local_parties(parties, task="train", weights_to=entitled, timeout=120, per_rank=per_rank, **settings)
     result = launch_local(configs, tmp_path / "logs")
     assert result.ok, result.errors
-    owner = result.outcomes[1].result
+    owner = result.outcomes[entitled].result
     assert owner["split"] == ("horizontal" if split == "rows" else "vertical")
-    assert "loss_curve" in owner and all("loss_curve" not in result.outcomes[r].result for r in (0,))
-    model = load_trained(weights)
+    assert set(owner) == PUBLIC_SUMMARY | {"loss_curve", "output"}
+    for rank in set(range(parties)) - {entitled}:
+        assert set(result.outcomes[rank].result) == PUBLIC_SUMMARY, f"party {rank} learned {result.outcomes[rank].result}"
+        summary = (tmp_path / "logs" / f"party-{rank}.json").read_text()
+        assert "loss_curve" not in summary and "state_dict" not in summary
+        assert not (tmp_path / f"trained-{rank}.pt").exists(), f"party {rank} wrote trained weights"
+    model = load_trained(tmp_path / f"trained-{entitled}.pt")
     reference = plaintext_sgd(data, **settings)
     x_test = data.x_test.reshape(len(data.x_test), -1)
-    gap = zoo.accuracy(reference, x_test, data.y_test) - zoo.accuracy(model, x_test, data.y_test)
+    accuracy = zoo.accuracy(model, x_test, data.y_test)
+    # measured 0.923 (132/143 test rows) for both splits after 2 epochs on 160 rows; the majority
+    # class alone scores 0.629, so 0.85 shows real learning with room for fixed-point noise (10 rows)
+    assert accuracy >= 0.85, f"the MPC-trained model reaches only {accuracy:.3f} on the test rows"
+    gap = zoo.accuracy(reference, x_test, data.y_test) - accuracy
     assert abs(gap) <= 0.03
 
 
 @pytest.mark.multiprocess
+@pytest.mark.timeout(400)
 def test_a_killed_party_makes_every_other_exit_with_a_clear_error(lenet_file, tmp_path) -> None:
+    """Party 0 dies once every party has announced inference: after start-up, however slow that was."""
     configs = local_parties(3, task="infer", timeout=20, per_rank={
         0: {"model": lenet_file}, 1: {"input": "digits:0-360", "output": tmp_path / "y.npy"}})
-    result = launch_local(configs, tmp_path / "logs", kill_after=(0, 5.0), grace=60)
+    # grace: the survivors' own collective timeout (20 s) plus room for a loaded machine, far below gloo's 30 min
+    result = launch_local(configs, tmp_path / "logs", kill_when=(0, "inference"), grace=120)
+    assert result.killed_at_s is not None
     assert result.exit_codes[0] == -9
     assert result.exit_codes[1] == 1 and result.exit_codes[2] == 1
     assert not result.killed_by_launcher  # they exited on their own
-    assert result.others_exited_after_s < 45  # bounded by the collective timeout (20 s), not gloo's 30 min
     for rank, role in ((1, "data-owner"), (2, "helper")):
-        assert f"party {rank} ({role}) failed during" in result.errors[rank]
+        assert result.phases[rank] == ["rendezvous", "inference"]
+        assert f"party {rank} ({role}) failed during inference" in result.errors[rank]
+        assert "check the other parties' logs" in result.errors[rank]
 
 
 def _netns_available() -> str | None:
@@ -159,7 +186,8 @@ def two_hosts():
 
 
 @pytest.mark.multiprocess
-def test_parties_on_separate_hosts(two_hosts, trained_zoo, digits, lenet_file, tmp_path) -> None:
+@pytest.mark.timeout(400)
+def test_parties_on_separate_hosts(two_hosts, lenet, digits, lenet_file, tmp_path) -> None:
     """Model owner and data owner in their own network namespaces, meeting over torch.distributed's rendezvous."""
     (ns0, dev0, addr0), (ns1, dev1, _) = two_hosts
     out = tmp_path / "logits.npy"
@@ -175,5 +203,5 @@ def test_parties_on_separate_hosts(two_hosts, trained_zoo, digits, lenet_file, t
     result = launch_local(configs, tmp_path / "logs", prefix=in_namespace)
     assert result.ok, result.errors
     with torch.no_grad():
-        plain = trained_zoo["lenet"].model(digits.x_test[:4])
+        plain = lenet.model(digits.x_test[:4])
     assert torch.equal(torch.from_numpy(np.load(out)).argmax(1), plain.argmax(1))
