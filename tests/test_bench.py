@@ -24,9 +24,11 @@ def test_small_matrix_writes_a_complete_report(tmp_path: Path, monkeypatch: pyte
         "degrees": [3, 5],
         "sweep_degree": 3,
     })
-    report = bench.run_matrix("tiny")
+    steps: list[str] = []
+    report = bench.run_matrix("tiny", on_cell=lambda c: steps.append(c.execution), on_step=steps.append)
     cells = report["cells"]
     assert len(cells) == 14  # nothing silently dropped
+    assert len(steps) == bench.count_steps("tiny") == 14 + 3 * 4 + 1 + 2  # the progress bar's total is right
     for c in cells:
         assert c["status"] in ("measured", "not run")
         if c["status"] == "not run":

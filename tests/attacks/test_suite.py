@@ -14,9 +14,12 @@ TINY = suite.SuiteConfig(members=50, non_members=60, epochs=200, shadows=2, budg
                          tenseal_degree=2)
 
 
+STEPS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def report():
-    return suite.run_suite(TINY)
+    return suite.run_suite(TINY, on_step=STEPS.append)
 
 
 @pytest.mark.multiprocess
@@ -42,6 +45,7 @@ def test_every_serving_configuration_is_attacked(report) -> None:
     assert abs(crypten.membership["loss"].auc - plain.membership["loss"].auc) < 0.03
     assert abs(crypten.extraction[-1].agreement - plain.extraction[-1].agreement) < 0.1
     assert report.dp[0]["epsilon"] <= 8.0 + 1e-6
+    assert len(STEPS) == suite.count_steps(TINY)  # the CLI's progress bar is sized right
 
 
 @pytest.mark.multiprocess
