@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ import torch
 from protocols.common.transport import FrameSocket
 from protocols.common.wire import DEFAULT_MAX_FRAME, Frame, MessageType, raise_if_error
 from secure_infer._errors import ParameterError, ProtocolError
+
+if TYPE_CHECKING:
+    from secure_infer.backends.tenseal._client import Layout
 
 PROTOCOL = 1
 
@@ -56,6 +59,24 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     return host, int(port)
 
 
+def check_published_bounds(layout: Layout) -> None:
+    """Refuse a layout whose published ranges would switch the client's own checks off.
+
+    Inputs are refused outside ``layout.input_range`` and decrypted outputs above
+    ``layout.output_bound``; a NaN or infinite bound (JSON allows both), or a range
+    whose low end is above its high end, makes those comparisons meaningless.
+    ``ParameterError`` names the field.
+    """
+    low, high = layout.input_range
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ParameterError(f"layout.input_range [{low}, {high}] must be two finite numbers, low <= high: the "
+                             "client refuses inputs outside it and cannot check them against this one")
+    bound = layout.output_bound
+    if not (np.isfinite(bound) and bound > 0):
+        raise ParameterError(f"layout.output_bound {bound} must be a finite positive number: the client refuses "
+                             "decrypted outputs above it and cannot check them against this one")
+
+
 class HEClient:
     """A connection to an :class:`~protocols.he.server.HEServer`.
 
@@ -66,6 +87,15 @@ class HEClient:
 
     Keys are uploaded in SEAL's own format; the server also accepts a public
     TenSEAL context (see the wire format), for clients built on TenSEAL.
+
+    Raises:
+        ParameterError: the server's layout is refused before any key is made:
+            CKKS parameters below 128-bit security (or a ring smaller than 4096),
+            or a NaN/infinite/inverted ``input_range`` or ``output_bound``. The
+            connection is closed. :meth:`predict` refuses, before anything is
+            sent, inputs of the wrong shape, with NaN or infinite values, or
+            outside the published ``input_range``.
+        ProtocolError: the server cannot be reached or answers out of protocol.
     """
 
     def __init__(self, address: str | tuple[str, int], *, timeout: float = 300.0,
@@ -79,11 +109,29 @@ class HEClient:
         self.session_id: str | None = None
         self.key_upload_bytes = 0
         self._connect()
+        try:
+            self._start()
+        except BaseException:
+            self.close(bye=False)  # a refused or failed start leaves no connection open
+            raise
+
+    def _start(self) -> None:
+        """Read the layout, refuse it if it is weak or incoherent, then make and upload keys."""
         from secure_infer.backends.tenseal._client import Layout, LayoutClient
 
         welcome = self._hello()
         self.model_name = str(welcome.meta.get("model", "model"))
-        self.layout = Layout.from_json(welcome.meta.get("layout"))
+        try:
+            self.layout = Layout.from_json(welcome.meta.get("layout"))  # refuses < 128-bit parameters
+            check_published_bounds(self.layout)
+        except ParameterError as exc:
+            self.close()  # BYE: this client will not send keys under this layout
+            host, port = self.address
+            raise ParameterError(
+                f"the server at {host}:{port} published a layout this client refuses: {exc}. No key was made or "
+                "sent; ask the server's operator to serve at 128-bit-secure CKKS parameters with a finite "
+                "calibrated input range, or connect to another server"
+            ) from None
         self.cipher = LayoutClient(self.layout, for_wire=True)
         self._upload_keys()
 
