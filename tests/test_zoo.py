@@ -16,7 +16,8 @@ ACCURACY_FLOOR = {"logreg": 0.93, "mlp": 0.95, "cryptonets": 0.94, "lenet": 0.95
 def test_zoo_model_reaches_accuracy_floor(trained_zoo: dict[str, zoo.ZooModel], name: str) -> None:
     z = trained_zoo[name]
     assert z.test_accuracy >= ACCURACY_FLOOR[name]
-    assert z.train_seconds < 60
+    # how long training takes is measured in benchmarks/test_responsiveness.py, not bounded here:
+    # a wall-clock bound flakes on a loaded 2-core machine
 
 
 def test_training_is_deterministic(digits: datasets.Dataset) -> None:
