@@ -13,10 +13,22 @@ def digits() -> datasets.Dataset:
     return datasets.load_digits(seed=0)
 
 
+class _TrainedOnDemand(dict[str, zoo.ZooModel]):
+    """Zoo models trained the first time a test asks for one: a test of the MLP never waits for the ViT."""
+
+    def __init__(self, data: datasets.Dataset) -> None:
+        super().__init__()
+        self._data = data
+
+    def __missing__(self, name: str) -> zoo.ZooModel:
+        torch.manual_seed(0)
+        self[name] = model = zoo.pretrained(name, self._data, seed=0)
+        return model
+
+
 @pytest.fixture(scope="session")
 def trained_zoo(digits: datasets.Dataset) -> dict[str, zoo.ZooModel]:
-    torch.manual_seed(0)
-    return {name: zoo.pretrained(name, digits, seed=0) for name in zoo.available()}
+    return _TrainedOnDemand(digits)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
