@@ -16,25 +16,9 @@ import torch
 
 import secure_infer as si
 from secure_infer import zoo
-from secure_infer.anchors import TutorialPipeline
+from secure_infer.anchors import TutorialConvNet, TutorialPipeline
 
 SLOTS = 4096
-
-
-class TutorialConvNet(torch.nn.Module):
-    """The reference network as TenSEAL's tutorial writes it: ``x * x`` in forward, ``x.view(-1, 256)``."""
-
-    def __init__(self, zoo_model: torch.nn.Sequential) -> None:
-        super().__init__()
-        self.conv1, self.fc1, self.fc2 = zoo_model[0], zoo_model[3], zoo_model[5]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        x = x * x
-        x = x.view(-1, 256)
-        x = self.fc1(x)
-        x = x * x
-        return self.fc2(x)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@
   one ``conv2d_im2col`` per output channel, ``pack_vectors``, ``square``,
   ``mm`` for the fully connected layers, and a context with every
   power-of-two Galois key. Written here against TenSEAL's public API.
+* :class:`TutorialConvNet` is the same network as the tutorial's ``forward``
+  spells it (``x * x``, ``x.view``): what a user hands to ``wrap``.
 * Raw CrypTen is :func:`secure_infer.backends.crypten.native_crypten`.
 """
 
@@ -17,6 +19,27 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+
+
+class TutorialConvNet(nn.Module):
+    """A CryptoNets-style ``nn.Sequential``'s weights in the tutorial's spelling: ``x * x`` and ``x.view``.
+
+    The front end must compile it to the same program as the ``Square`` layers
+    of the sequential form; the benchmark and the tests hold it to that.
+    """
+
+    def __init__(self, sequential: nn.Sequential) -> None:
+        super().__init__()
+        self.conv1, self.fc1, self.fc2 = sequential[0], sequential[3], sequential[5]
+        self.features = cast(nn.Linear, self.fc1).in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = x * x
+        x = x.view(-1, self.features)
+        x = self.fc1(x)
+        x = x * x
+        return self.fc2(x)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from torch import nn
 
 import secure_infer as si
 from secure_infer import zoo
+from secure_infer.anchors import TutorialConvNet
 from secure_infer.backends.tenseal._client import Layout
 from secure_infer.backends.tenseal._execute import pack_latency
 from secure_infer.backends.tenseal._params import CKKSParameters, choose, max_bits_128
@@ -380,25 +381,11 @@ def test_schedule_choices_are_checked() -> None:
 
 def test_the_tutorial_spelling_compiles_to_the_square_program() -> None:
     """TenSEAL's tutorial writes x * x and x.view(-1, 256): the same program as zoo.Square, no refusal."""
-
-    class Tutorial(nn.Module):
-        def __init__(self, net: nn.Sequential) -> None:
-            super().__init__()
-            self.conv1, self.fc1, self.fc2 = net[0], net[3], net[5]
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.conv1(x)
-            x = x * x
-            x = x.view(-1, 256)
-            x = self.fc1(x)
-            x = x * x
-            return self.fc2(x)
-
     torch.manual_seed(0)
     net = zoo.build("cryptonets", (1, 28, 28), 10).eval()
     x = torch.rand(2, 1, 28, 28)
     square = si.wrap(net, "tenseal", sample_input=x[:1], calibration=x, schedule="square-chain")
-    spelled = si.wrap(Tutorial(net).eval(), "tenseal", sample_input=x[:1], calibration=x, schedule="square-chain")
+    spelled = si.wrap(TutorialConvNet(net).eval(), "tenseal", sample_input=x[:1], calibration=x, schedule="square-chain")
     assert spelled.program.params == square.program.params
     assert spelled.program.published == square.program.published
     assert [type(s).__name__ for s in spelled.program.compiled.stages] == \
