@@ -38,3 +38,69 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# SEAL/TenSEAL/secure-infer types that are, or hold, a secret key (an Encryptor may be a symmetric one)
+SECRET_TYPES = ("SecretKey", "KeyGenerator", "Decryptor", "Encryptor", "ClientKeys", "LayoutClient")
+
+
+def _secret_key_material(root: object, *, limit: int = 1_000_000) -> tuple[list[str], int]:
+    """Walk everything reachable from ``root``; describe each secret key (holder) found, and count objects.
+
+    Follows instance attributes (``vars``/slots), containers, bound methods' ``self``, closures, TenSEAL
+    objects' contexts, and ``gc.get_referents`` of anything else; it does not enter classes, modules or
+    functions' globals (that would be the whole process, the test's own client included). Every TenSEAL
+    context reached must be public; no object may be of a type in :data:`SECRET_TYPES`.
+    """
+    import gc
+    import types
+
+    import numpy as np
+
+    leaves = (type, types.ModuleType, types.CodeType, types.FrameType, str, bytes, bytearray, memoryview,
+              int, float, complex, bool, type(None), torch.Tensor, np.ndarray)
+    found: list[str] = []
+    seen: set[int] = set()
+    keep_alive: list[object] = []  # objects made during the walk (a TenSEAL object's context) keep their ids
+    stack: list[tuple[object, str]] = [(root, "server")]
+    while stack:
+        obj, path = stack.pop()
+        if isinstance(obj, leaves) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        assert len(seen) < limit, f"the walk passed {limit} objects without finishing"
+        kind = type(obj)
+        if any(name in kind.__name__ for name in SECRET_TYPES):
+            found.append(f"{path}: {kind.__module__}.{kind.__qualname__}")
+        tenseal_type = kind.__module__.split(".")[0] in ("tenseal", "_tenseal_cpp")
+        if tenseal_type and callable(getattr(obj, "is_private", None)) and obj.is_private():
+            found.append(f"{path}: a private {kind.__qualname__} (it holds the secret key)")
+        children: list[tuple[object, str]] = []
+        if isinstance(obj, dict):
+            children = [(k, f"{path}.keys()") for k in obj] + [(v, f"{path}[{k!r}]") for k, v in obj.items()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        elif isinstance(obj, types.MethodType):
+            children = [(obj.__self__, f"{path}.__self__")]
+        elif isinstance(obj, types.FunctionType):
+            cells = [c.cell_contents for c in obj.__closure__ or () if c.cell_contents is not None]
+            children = [(v, f"{path}<closure>") for v in (*cells, *(obj.__defaults__ or ()))]
+        else:
+            if hasattr(obj, "__dict__"):
+                children += [(v, f"{path}.{k}") for k, v in vars(obj).items()]
+            for slot in getattr(kind, "__slots__", ()):
+                if isinstance(slot, str) and hasattr(obj, slot):
+                    children.append((getattr(obj, slot), f"{path}.{slot}"))
+            children += [(v, f"{path}<ref>") for v in gc.get_referents(obj) if not isinstance(v, types.FunctionType)]
+            if tenseal_type and callable(getattr(obj, "context", None)):  # a TenSEAL vector's context
+                context = obj.context()
+                keep_alive.append(context)
+                children.append((context, f"{path}.context()"))
+        stack.extend(children)
+    return found, len(seen)
+
+
+@pytest.fixture(scope="session")
+def secret_key_material():
+    """The object-graph walk that finds secret keys: tests hand it a server and assert it finds none."""
+    return _secret_key_material

@@ -516,67 +516,7 @@ def test_client_refuses_inputs_the_program_cannot_hold(served, digits) -> None:
 
 # -- no secret key anywhere on the server -----------------------------------------------------
 
-# SEAL/TenSEAL/secure-infer types that are, or hold, a secret key (an Encryptor may be a symmetric one)
-SECRET_TYPES = ("SecretKey", "KeyGenerator", "Decryptor", "Encryptor", "ClientKeys", "LayoutClient")
-
-
-def _secret_key_material(root: object, *, limit: int = 1_000_000) -> tuple[list[str], int]:
-    """Walk everything reachable from ``root``; describe each secret key (holder) found, and count objects.
-
-    Follows instance attributes (``vars``/slots), containers, bound methods' ``self``, closures, TenSEAL
-    objects' contexts, and ``gc.get_referents`` of anything else; it does not enter classes, modules or
-    functions' globals (that would be the whole process, the test's own client included). Every TenSEAL
-    context reached must be public; no object may be of a type in :data:`SECRET_TYPES`.
-    """
-    import gc
-    import types
-
-    import numpy as np
-
-    leaves = (type, types.ModuleType, types.CodeType, types.FrameType, str, bytes, bytearray, memoryview,
-              int, float, complex, bool, type(None), torch.Tensor, np.ndarray)
-    found: list[str] = []
-    seen: set[int] = set()
-    keep_alive: list[object] = []  # objects made during the walk (a TenSEAL object's context) keep their ids
-    stack: list[tuple[object, str]] = [(root, "server")]
-    while stack:
-        obj, path = stack.pop()
-        if isinstance(obj, leaves) or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        assert len(seen) < limit, f"the walk passed {limit} objects without finishing"
-        kind = type(obj)
-        if any(name in kind.__name__ for name in SECRET_TYPES):
-            found.append(f"{path}: {kind.__module__}.{kind.__qualname__}")
-        tenseal_type = kind.__module__.split(".")[0] in ("tenseal", "_tenseal_cpp")
-        if tenseal_type and callable(getattr(obj, "is_private", None)) and obj.is_private():
-            found.append(f"{path}: a private {kind.__qualname__} (it holds the secret key)")
-        children: list[tuple[object, str]] = []
-        if isinstance(obj, dict):
-            children = [(k, f"{path}.keys()") for k in obj] + [(v, f"{path}[{k!r}]") for k, v in obj.items()]
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            children = [(v, f"{path}[{i}]") for i, v in enumerate(obj)]
-        elif isinstance(obj, types.MethodType):
-            children = [(obj.__self__, f"{path}.__self__")]
-        elif isinstance(obj, types.FunctionType):
-            cells = [c.cell_contents for c in obj.__closure__ or () if c.cell_contents is not None]
-            children = [(v, f"{path}<closure>") for v in (*cells, *(obj.__defaults__ or ()))]
-        else:
-            if hasattr(obj, "__dict__"):
-                children += [(v, f"{path}.{k}") for k, v in vars(obj).items()]
-            for slot in getattr(kind, "__slots__", ()):
-                if isinstance(slot, str) and hasattr(obj, slot):
-                    children.append((getattr(obj, slot), f"{path}.{slot}"))
-            children += [(v, f"{path}<ref>") for v in gc.get_referents(obj) if not isinstance(v, types.FunctionType)]
-            if tenseal_type and callable(getattr(obj, "context", None)):  # a TenSEAL vector's context
-                context = obj.context()
-                keep_alive.append(context)
-                children.append((context, f"{path}.context()"))
-        stack.extend(children)
-    return found, len(seen)
-
-
-def test_the_secret_key_walk_finds_planted_keys() -> None:
+def test_the_secret_key_walk_finds_planted_keys(secret_key_material) -> None:
     """The walk is not vacuous: a key buried in containers and attributes, and a private context, are found."""
     import types
 
@@ -588,23 +528,23 @@ def test_the_secret_key_walk_finds_planted_keys() -> None:
     params = CKKSParameters(4096, (40, 20, 40), 20)
     keys = ClientKeys(params, ())
     public_only = types.SimpleNamespace(server=ServerContext(params, keys.server_material()), blobs=[b"x"])
-    assert _secret_key_material(public_only)[0] == []
+    assert secret_key_material(public_only)[0] == []
     planted = types.SimpleNamespace(a=[{"k": (1, types.SimpleNamespace(b=keys._secret_key))}])
-    assert any("SecretKey" in f for f in _secret_key_material(planted)[0])
-    assert any("ClientKeys" in f for f in _secret_key_material(types.SimpleNamespace(c=keys))[0])
+    assert any("SecretKey" in f for f in secret_key_material(planted)[0])
+    assert any("ClientKeys" in f for f in secret_key_material(types.SimpleNamespace(c=keys))[0])
     context = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 20, 40])
-    assert any("private" in f for f in _secret_key_material([{"ctx": context}])[0])
+    assert any("private" in f for f in secret_key_material([{"ctx": context}])[0])
     context.make_context_public()
-    assert _secret_key_material([{"ctx": context}])[0] == []
+    assert secret_key_material([{"ctx": context}])[0] == []
 
 
-def test_no_secret_key_is_reachable_from_the_server(served, digits) -> None:
+def test_no_secret_key_is_reachable_from_the_server(served, digits, secret_key_material) -> None:
     """Walk the server's whole object graph while a keyed client is connected, and after it left."""
     server, model = served
     with HEClient(server.address) as client:
         _assert_answers(client.predict(digits.x_test[:1]), model, digits.x_test[:1])
         assert client.session_id in server._sessions  # the walk covers a live session's keys
-        found, visited = _secret_key_material(server)
+        found, visited = secret_key_material(server)
         assert found == [], found
         assert visited > 100  # it did walk the program, sessions and connections
-    assert _secret_key_material(server)[0] == []
+    assert secret_key_material(server)[0] == []
