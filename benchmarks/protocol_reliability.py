@@ -86,7 +86,7 @@ def mpc_drills(timeout: float) -> dict:
 
     def freeze_helper() -> None:
         time.sleep(6.0)
-        pids = subprocess.run(["pgrep", "-f", "secure_infer.cli party --rank 2 "], capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(["pgrep", "-f", "protocols.cli party --rank 2 "], capture_output=True, text=True).stdout.split()
         for pid in pids:
             os.kill(int(pid), signal.SIGSTOP)
         result["frozen"] = pids

@@ -10,21 +10,20 @@ line (``error: ...``) and exit status 2.
 
 from __future__ import annotations
 
-import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from secure_infer import baselines, datasets, zoo
-from secure_infer._errors import SecureInferError
+from secure_infer._errors import ParameterError, SecureInferError
 from secure_infer._output import Output, Progress, TextTable
 
 if TYPE_CHECKING:
-    from secure_infer._wrap import Evaluation
     from secure_infer.attacks.suite import AttackReport, SuiteConfig
 
 app = typer.Typer(
@@ -36,13 +35,8 @@ app = typer.Typer(
 zoo_app = typer.Typer(help="Reference models: list them, train and save one.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
-NO_FILE = "report: not saved to a file; the tables above are the results (--json FILE keeps them)"
-"""The demo's last line when it wrote no file: says so, so a log never leaves the reader looking for one."""
 
-Timed = tuple[zoo.ZooModel, baselines.BaselineResult, baselines.BaselineResult, baselines.BaselineResult]
-
-
-def _train_with_bar(progress: Progress, name: str, data: datasets.Dataset, seed: int) -> zoo.ZooModel:
+def train_with_bar(progress: Progress, name: str, data: datasets.Dataset, seed: int) -> zoo.ZooModel:
     cfg = zoo.default_config(name)
     task = progress.add_task(f"train {name} on {data.label}", total=cfg.epochs)
     result = zoo.pretrained(
@@ -50,239 +44,6 @@ def _train_with_bar(progress: Progress, name: str, data: datasets.Dataset, seed:
     )
     progress.complete(task)
     return result
-
-
-def _fmt_ms(result: baselines.BaselineResult, notes: dict[str, str]) -> str:
-    """Milliseconds per input, or 'not measured' with the reason as a numbered note."""
-    per_input = result.per_input_s
-    if not result.measured or per_input is None:
-        mark = notes.setdefault(result.reason, f"[{len(notes) + 1}]")
-        return f"not measured {mark}"
-    return f"{per_input * 1e3:.4f}"
-
-
-@app.command()
-def demo(
-    what: Annotated[str, typer.Argument(help="all (the default tables), mpc (party processes) or he (client/server)")] = "all",
-    dataset: Annotated[str, typer.Option(help="digits or breast_cancer")] = "digits",
-    seed: Annotated[int, typer.Option(help="seed for the split, initialisation and training")] = 0,
-    models: Annotated[
-        str, typer.Option(help="comma-separated zoo models (default: all that fit the data)")
-    ] = "",
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write results here")] = None,
-    parties: Annotated[int, typer.Option(help="CrypTen parties (separate processes); 0 skips encryption")] = 2,
-    limit: Annotated[int, typer.Option(help="test inputs to run encrypted (0 = the whole test split)")] = 0,
-    tenseal: Annotated[bool, typer.Option(help="also run TenSEAL (CKKS) in batch and latency mode")] = True,
-    dealer: Annotated[bool, typer.Option(help="mpc: add a trusted dealer process for Beaver triples")] = False,
-    task: Annotated[str, typer.Option(help="mpc: infer, or train (data owners train an MLP together)")] = "infer",
-    split: Annotated[str, typer.Option(help="mpc train: rows (horizontal) or features (vertical)")] = "rows",
-) -> None:
-    """Train the zoo on embedded data; run it in plaintext and under CrypTen MPC and TenSEAL.
-
-    Each model is secret-shared between a model owner and a data owner (real
-    processes talking over TCP), the test split is classified encrypted, and
-    accuracy, cost and agreement with plaintext are set side by side.
-
-    `demo mpc --parties 3` runs every party as its own `secure-infer party`
-    process instead (add `--task train` for training between data owners);
-    `demo he` serves a model over TCP and queries it as a separate client.
-    """
-    if what not in ("all", "mpc", "he"):
-        raise typer.BadParameter("WHAT must be all, mpc or he")
-    printer = Output()
-    data = datasets.load(dataset, seed=seed)
-    if what != "all":
-        _demo_parties(printer, what, data, parties=parties, dealer=dealer, task=task, split=split, limit=limit,
-                      seed=seed, json_out=json_out)
-        return
-    names = [m.strip() for m in models.split(",") if m.strip()] or [
-        n for n in zoo.available() if len(data.input_shape) == 3 or n in ("logreg", "mlp")
-    ]
-    rows: list[Timed] = []
-    with printer.progress() as progress:
-        trained = [_train_with_bar(progress, name, data, seed) for name in names]
-        timing = progress.add_task("time plaintext CPU/GPU", total=len(trained))
-        for z in trained:
-            cpu1 = baselines.time_plaintext(z.model, data.x_test[:1], repeats=50)
-            cpu64 = baselines.time_plaintext(z.model, data.x_test[:64], repeats=20)
-            gpu64 = baselines.time_plaintext(z.model, data.x_test[:64], device="cuda", repeats=20)
-            rows.append((z, cpu1, cpu64, gpu64))
-            progress.advance(timing)
-
-    table = TextTable(f"secure-infer demo: plaintext on {data.description}")
-    for col in ("model", "params", "train s", "test acc", "CPU ms/img (b=1)", "CPU ms/img (b=64)", "GPU ms/img (b=64)"):
-        table.add_column(col, right=col != "model")
-    notes: dict[str, str] = {}
-    for z, cpu1, cpu64, gpu64 in rows:
-        table.add_row(
-            z.name, f"{z.num_parameters:,}", f"{z.train_seconds:.2f}", f"{z.test_accuracy:.4f}",
-            _fmt_ms(cpu1, notes), _fmt_ms(cpu64, notes), _fmt_ms(gpu64, notes),
-        )
-    table.notes = [f"{mark} {reason}" for reason, mark in notes.items()]
-    printer.table(table)
-    encrypted = _demo_encrypted(printer, rows, data, parties, limit) if parties else {}
-    he = _demo_tenseal(printer, rows, data, limit) if tenseal else {}
-    if json_out is not None:
-        payload = {
-            "dataset": data.description,
-            "seed": seed,
-            "models": [
-                {
-                    "name": z.name,
-                    "params": z.num_parameters,
-                    "train_seconds": z.train_seconds,
-                    "test_accuracy": z.test_accuracy,
-                    "plaintext": [vars(r) for r in (cpu1, cpu64, gpu64)],
-                    "crypten": vars(encrypted[z.name]) if z.name in encrypted else None,
-                    "tenseal": he.get(z.name),
-                }
-                for z, cpu1, cpu64, gpu64 in rows
-            ],
-        }
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2))
-        printer.report(json_out)
-    else:
-        printer.line(NO_FILE)
-
-
-def _demo_parties(printer: Output, what: str, data: datasets.Dataset, *, parties: int, dealer: bool, task: str,
-                  split: str, limit: int, seed: int, json_out: Path | None) -> None:
-    from secure_infer import _cli_parties
-
-    if task not in ("infer", "train") or split not in ("rows", "features"):
-        raise typer.BadParameter("--task must be infer or train, --split rows or features")
-    image = len(data.input_shape) == 3
-    if what == "mpc":
-        if parties < 2:
-            raise typer.BadParameter("demo mpc needs --parties 2 or more")
-        z = None
-        if task == "infer":
-            with printer.progress() as progress:
-                z = _train_with_bar(progress, "lenet" if image else "mlp", data, seed)
-        result = _cli_parties.demo_mpc(printer, z, data, parties=parties, dealer=dealer, task=task, split=split,
-                                       limit=limit, seed=seed)
-    else:
-        import threading
-
-        from protocols.he import HEServer
-
-        with printer.progress() as progress:
-            z = _train_with_bar(progress, "cryptonets" if image else "mlp", data, seed)
-        server = HEServer.from_model(z.model, data.x_train[:1], calibration=data.x_train, name=z.name)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        host, port = server.address
-        try:
-            n = min(limit or 10, len(data.x_test))
-            result = _cli_parties.query(printer, f"{host}:{port}", f"{data.label}:0-{n}", timeout=300, seed=seed)
-        finally:
-            server.close()
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2, default=str))
-        printer.report(json_out)
-    else:
-        printer.line(NO_FILE)
-
-
-def _fmt_acc(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _demo_encrypted(printer: Output, rows: list[Timed], data: datasets.Dataset, parties: int,
-                    limit: int) -> dict[str, Evaluation]:
-    """Classify the test split under CrypTen for every trained model; print a table."""
-    import secure_infer as si
-
-    x = data.x_test[:limit] if limit else data.x_test
-    y = data.y_test[: len(x)]
-    results: dict[str, Evaluation] = {}
-    with printer.progress() as progress:
-        for z, *_ in rows:
-            task_id = progress.add_task(f"CrypTen {parties}-party {z.name}", total=len(x))
-
-            def advance(n: int, task_id: int = task_id) -> None:
-                progress.advance(task_id, n)
-
-            with si.wrap(z.model, "crypten", sample_input=x[:1], parties=parties) as enc:
-                results[z.name] = enc.evaluate(x, y, on_batch=advance)
-            progress.complete(task_id)
-    table = TextTable(f"CrypTen, {parties} parties (model owner, data owner{', helpers' if parties > 2 else ''}), "
-                      f"{len(x)} test inputs in batches of 64")
-    for col in ("model", "enc acc", "plain acc", "argmax agree", "max abs err", "ms/img", "MB/img", "rounds/batch"):
-        table.add_column(col, right=col != "model")
-    for name, ev in results.items():
-        table.add_row(
-            name, _fmt_acc(ev.accuracy), _fmt_acc(ev.plaintext_accuracy), f"{ev.agreement:.4f}",
-            f"{ev.max_abs_error:.2e}", f"{ev.seconds_per_input * 1e3:.2f}", f"{ev.bytes_per_input / 1e6:.2f}",
-            f"{ev.rounds_per_batch:.0f}",
-        )
-    table.notes.append("MB/img counts the traffic of all parties together.")
-    printer.table(table)
-    return results
-
-
-DEMO_DEGREE = 15
-"""The demo's polynomial degree under CKKS: keeps the demo to a minute; accuracy stays within a point."""
-
-
-def _demo_tenseal(printer: Output, rows: list[Timed], data: datasets.Dataset, limit: int) -> dict[str, dict[str, Any]]:
-    """Classify the test split under CKKS (batch mode) and time latency mode; print a table."""
-    import secure_infer as si
-    from secure_infer.backends.tenseal import TensealProgram
-
-    x = data.x_test[:limit] if limit else data.x_test
-    y = data.y_test[: len(x)]
-    calibration = data.x_train[:256]
-    results: dict[str, dict[str, Any]] = {}
-    with printer.progress() as progress:
-        task = progress.add_task("TenSEAL (CKKS) batch + latency", total=len(rows))
-        for z, *_ in rows:
-            report = si.check(z.model, "tenseal", sample_input=x[:1])
-            if not report.ok:
-                results[z.name] = {"supported": False, "reason": str(report.problems[0]).split(". ")[0]}
-                progress.advance(task)
-                continue
-            options = {"calibration": calibration, "poly_degree": DEMO_DEGREE}
-            batch = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="batch", **options)
-            assert isinstance(batch.program, TensealProgram)  # what wrap(..., "tenseal") builds
-            ev = batch.evaluate(x, y, batch_size=batch.program.params.slots)
-            latency = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="latency", **options)
-            latency(x[:2])
-            run = latency.last_run
-            assert run is not None and isinstance(latency.program, TensealProgram)  # set by the call above
-            approximated = [c.layer for c in latency.report().conversions if c.kind == "approximated"]
-            results[z.name] = {
-                "supported": True, "accuracy": ev.accuracy, "plaintext_accuracy": ev.plaintext_accuracy,
-                "agreement": ev.agreement, "max_abs_error": ev.max_abs_error,
-                "batch_ms_per_image": ev.seconds_per_input * 1e3,
-                "latency_ms_per_image": run.per_input_s * 1e3,
-                "latency_key_mb": run.extra["public_key_material_bytes"] / 1e6,
-                "approximated": approximated,
-                "worst_case_error": latency.program.worst_case_error,
-            }
-            progress.advance(task)
-    table = TextTable(f"TenSEAL CKKS: batch mode over {len(x)} test inputs, latency mode per image")
-    for col in ("model", "enc acc", "plain acc", "agree", "max abs err", "batch ms/img", "latency ms/img", "keys MB",
-                "approximated"):
-        table.add_column(col, right=col not in ("model", "approximated"))
-    for name, r in results.items():
-        if not r["supported"]:
-            table.add_row(name, "-", "-", "-", "-", "-", "-", "-", f"not supported: {r['reason']}")
-            continue
-        table.add_row(
-            name, _fmt_acc(r["accuracy"]), _fmt_acc(r["plaintext_accuracy"]), f"{r['agreement']:.4f}",
-            f"{r['max_abs_error']:.2e}", f"{r['batch_ms_per_image']:.2f}", f"{r['latency_ms_per_image']:.1f}",
-            f"{r['latency_key_mb']:.1f}", ", ".join(r["approximated"]) or "none (exact)",
-        )
-    table.notes += [
-        "batch mode packs one input per slot; its cost per batch is flat up to the slot count, "
-        "so ms/img falls with larger batches.",
-        f"activations other than x**2 run as degree-{DEMO_DEGREE} polynomials fitted on every input's "
-        "reachable range (the library picks the degree by tolerance when not given: higher for ReLU, slower).",
-    ]
-    printer.table(table)
-    return results
 
 
 @zoo_app.command("list")
@@ -311,86 +72,23 @@ def zoo_train(
     printer = Output()
     data = datasets.load(dataset, seed=seed)
     with printer.progress() as progress:
-        z = _train_with_bar(progress, name, data, seed)
+        z = train_with_bar(progress, name, data, seed)
     zoo.save_model(z, out)
     printer.line(f"{z.name}: test accuracy {z.test_accuracy:.4f} on {z.dataset}; saved to {out}")
 
 
-@app.command()
-def serve(
-    model: Annotated[str, typer.Argument(help="a zoo model name (trained now) or a file from `zoo train`")],
-    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one)")] = 8750,
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    mode: Annotated[str, typer.Option(help="latency (one input per ciphertext) or batch (one per slot)")] = "latency",
-    schedule: Annotated[str | None, typer.Option(
-        help="levels (most precise) or square-chain (fewer primes: faster, smaller keys; x**2 models only); "
-             "default: square-chain in batch mode, levels in latency mode")] = None,
-    dataset: Annotated[str | None, typer.Option(help="calibration data (default: the model file's, else digits)")] = None,
-    max_frame_mb: Annotated[int, typer.Option(help="largest frame accepted, MiB")] = 256,
-    idle_timeout: Annotated[float, typer.Option(help="seconds a client may stay silent")] = 60.0,
-    seed: Annotated[int, typer.Option()] = 0,
-) -> None:
-    """Serve a model for HE inference: clients send only public keys and ciphertexts."""
-    from secure_infer import _cli_parties
 
-    printer = Output()
+def model_from_arg(model: str, dataset: str | None, seed: int,
+                   train: Callable[[str, datasets.Dataset], zoo.ZooModel]) -> tuple[zoo.ZooModel, datasets.Dataset]:
+    """A zoo model file, or a zoo name trained now (``train(name, data)`` shows progress)."""
+    if Path(model).is_file():
+        z = zoo.load_model(model)
+        return z, datasets.load(dataset or z.dataset, seed=seed)
+    if model not in zoo.available():
+        raise ParameterError(f"MODEL {model!r} is neither a file nor a zoo model ({', '.join(zoo.available())})")
+    data = datasets.load(dataset or "digits", seed=seed)
+    return train(model, data), data
 
-    def train(name: str, data: datasets.Dataset) -> zoo.ZooModel:
-        with printer.progress() as progress:
-            return _train_with_bar(progress, name, data, seed)
-
-    z, data = _cli_parties.model_from_arg(model, dataset, seed, train)
-    _cli_parties.serve(printer, z, data, host=host, port=port, mode=mode, max_frame_mb=max_frame_mb,
-                       idle_timeout=idle_timeout, schedule=schedule)
-
-
-@app.command()
-def query(
-    address: Annotated[str, typer.Argument(help="the server, HOST:PORT")],
-    inputs: Annotated[str, typer.Argument(metavar="INPUT", help="a .npy file, or DATASET:INDEX / DATASET:START-END (test split)")],
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the server")] = 300.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the summary here")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the data-set split")] = 0,
-) -> None:
-    """Encrypt INPUT here, have the server evaluate it, decrypt the answer here."""
-    from secure_infer import _cli_parties
-
-    printer = Output()
-    summary = _cli_parties.query(printer, address, inputs, timeout=timeout, seed=seed)
-    if json_out is not None:
-        json_out.write_text(json.dumps(summary, indent=2))
-        printer.report(json_out)
-
-
-@app.command()
-def party(
-    rank: Annotated[int, typer.Option(help="this party's rank; the dealer is rank = world size")],
-    world_size: Annotated[int, typer.Option(help="computing parties (the dealer not counted)")],
-    master: Annotated[str, typer.Option(help="HOST:PORT of rank 0's rendezvous")],
-    role: Annotated[str, typer.Option(help="model-owner, data-owner, helper or dealer")],
-    task: Annotated[str, typer.Option(help="infer or train")] = "infer",
-    model: Annotated[Path | None, typer.Option(help="model owner: a file from `zoo train`")] = None,
-    inputs: Annotated[str | None, typer.Option("--input", help="data owner: .npy or DATASET:START-END")] = None,
-    output: Annotated[Path | None, typer.Option(help="data owner: logits .npy; train: the weights' owner's model file")] = None,
-    data: Annotated[Path | None, typer.Option(help="train: this party's .npz part (x and/or y)")] = None,
-    dealer: Annotated[bool, typer.Option(help="a dealer process takes part (every party must say so)")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds any step may wait for a peer")] = 120.0,
-    hidden: Annotated[int, typer.Option(help="train: hidden units")] = 16,
-    epochs: Annotated[int, typer.Option(help="train: epochs")] = 5,
-    lr: Annotated[float, typer.Option(help="train: SGD learning rate")] = 0.1,
-    batch_size: Annotated[int, typer.Option(help="train: mini-batch size")] = 32,
-    seed: Annotated[int, typer.Option(help="train: public seed of the initialisation and batch order")] = 0,
-    weights_to: Annotated[int, typer.Option(help="train: the rank that receives the weights")] = 0,
-    summary: Annotated[Path | None, typer.Option(help="write this party's outcome as JSON")] = None,
-) -> None:
-    """Run one MPC party; start one per rank, on this host or others (torch.distributed rendezvous)."""
-    from protocols.mpc import PartyConfig
-    from secure_infer import _cli_parties
-
-    config = PartyConfig(rank=rank, world_size=world_size, master=master, role=role, task=task, model=model,
-                         input=inputs, output=output, data=data, dealer=dealer, timeout=timeout, hidden=hidden,
-                         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weights_to=weights_to)
-    _cli_parties.party(Output(), config, summary)
 
 
 @app.command()
@@ -407,7 +105,7 @@ def baseline(
         z = zoo.load_model(model)
     else:
         with printer.progress() as progress:
-            z = _train_with_bar(progress, model, data, seed)
+            z = train_with_bar(progress, model, data, seed)
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError:

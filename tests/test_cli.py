@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from secure_infer.cli import app
+from protocols.cli import app
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_serve_and_query_from_the_command_line(tmp_path: Path) -> None:
     assert runner.invoke(app, ["zoo", "train", "logreg", "--out", str(model)]).exit_code == 0
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    server = subprocess.Popen([sys.executable, "-m", "secure_infer.cli", "serve", str(model), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "protocols.cli", "serve", str(model), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -86,13 +86,13 @@ def test_serve_and_query_from_the_command_line(tmp_path: Path) -> None:
             assert line and time.monotonic() < deadline, output
             output += line
         out = tmp_path / "q.json"
-        result = subprocess.run([sys.executable, "-m", "secure_infer.cli", "query", f"127.0.0.1:{port}",
+        result = subprocess.run([sys.executable, "-m", "protocols.cli", "query", f"127.0.0.1:{port}",
                                  "digits:0-5", "--json", str(out)], capture_output=True, text=True, env=env,
                                 timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
         summary = json.loads(out.read_text())
         assert summary["inputs"] == 5 and summary["accuracy"] >= 0.8 and summary["key_upload_mb_once"] > 0
-        bad = subprocess.run([sys.executable, "-m", "secure_infer.cli", "query", f"127.0.0.1:{port}",
+        bad = subprocess.run([sys.executable, "-m", "protocols.cli", "query", f"127.0.0.1:{port}",
                               "digits:0-99999"], capture_output=True, text=True, env=env, timeout=120)
         assert bad.returncode == 2 and "test split has indices" in bad.stderr
     finally:

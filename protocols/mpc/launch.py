@@ -30,7 +30,7 @@ __all__ = ["LaunchResult", "launch_local", "local_parties", "party_command"]
 
 def party_command(config: PartyConfig, summary: Path | None = None) -> list[str]:
     """The ``secure-infer party`` command line for ``config``."""
-    cmd = [sys.executable, "-m", "secure_infer.cli", "party", "--rank", str(config.rank),
+    cmd = [sys.executable, "-m", "protocols.cli", "party", "--rank", str(config.rank),
            "--world-size", str(config.world_size), "--master", config.master, "--role", config.role,
            "--task", config.task, "--timeout", str(config.timeout)]
     for flag, value in (("--model", config.model), ("--input", config.input), ("--output", config.output),

@@ -24,7 +24,13 @@ from secure_infer.backends.tenseal._compile import Compiled, compile_graph, squa
 from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
 from secure_infer.backends.tenseal._params import CKKSParameters, choose, choose_square_chain
 from secure_infer.backends.tenseal._rules import RULES
-from secure_infer.backends.tenseal._seal import ServerContext, serialized_size
+from secure_infer.backends.tenseal._seal import (
+    ServerContext,
+    from_bytes,
+    galois_element,
+    serialized_size,
+    to_bytes,
+)
 from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
@@ -333,4 +339,5 @@ def _factory() -> Backend:
     return TensealBackend()
 
 
-__all__ = ["MODES", "Layout", "LayoutClient", "TensealBackend", "TensealProgram"]
+__all__ = ["MODES", "CKKSParameters", "Layout", "LayoutClient", "ServerContext", "TensealBackend", "TensealProgram",
+           "from_bytes", "galois_element", "to_bytes"]
