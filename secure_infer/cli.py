@@ -214,6 +214,31 @@ def attack(
     printer.report(out / "report.md")
 
 
+@app.command()
+def certs(
+    folder: Annotated[Path, typer.Argument(help="where the PEM files go (created; an existing CA there is reused)")],
+    host: Annotated[list[str] | None, typer.Option(
+        help="a DNS name or IP address the server/parties are reached at (repeat; default localhost, 127.0.0.1)")] = None,
+    client: Annotated[list[str] | None, typer.Option(help="a client identity for mutual TLS (repeat)")] = None,
+    parties: Annotated[int, typer.Option(help="MPC parties: one certificate per rank")] = 0,
+    days: Annotated[int, typer.Option(help="validity of new certificates, days")] = 825,
+) -> None:
+    """Make a development CA and TLS certificates for the server, clients and MPC parties in one step."""
+    from secure_infer.certs import make_pki
+
+    issued = make_pki(folder, hosts=host, clients=client, parties=parties, days=days)
+    printer = Output()
+    table = TextTable(f"certificates in {folder}")
+    table.add_column("file")
+    table.add_column("status")
+    for path in issued.written:
+        table.add_row(path.name, "written")
+    for path in issued.kept:
+        table.add_row(path.name, "kept (already there)")
+    printer.table(table)
+    printer.line(f"give clients and parties {issued.ca}; keep {folder / 'ca.key'} and every other .key private")
+
+
 @app.command("datasets")
 def datasets_cmd() -> None:
     """List the data sets that work offline."""
