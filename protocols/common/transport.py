@@ -53,8 +53,8 @@ class FrameSocket:
         self.bytes_out = 0
 
     def _read_exact(self, size: int, deadline: float | None, *, first: bool) -> bytes:
-        buf = bytearray(size)
-        view = memoryview(buf)
+        """Read ``size`` bytes, allocating as they arrive (a declared size alone costs no memory)."""
+        pieces: list[bytes] = []
         got = 0
         while got < size:
             if deadline is not None and deadline - time.monotonic() <= 0:
@@ -64,21 +64,22 @@ class FrameSocket:
                     self.sock.settimeout(self.idle_timeout)
                 else:
                     self.sock.settimeout(max(0.001, min(deadline - time.monotonic(), self.idle_timeout)))
-                n = self.sock.recv_into(view[got:], size - got)
+                data = self.sock.recv(min(size - got, 1 << 20))
             except TimeoutError:
                 if deadline is None:
                     raise PeerTimeout(f"{self.peer} was idle for {self.idle_timeout:.0f} s") from None
                 continue  # the deadline check above decides
             except OSError as exc:  # reset, or the socket closed under us at shutdown
                 raise PeerGone(f"{self.peer}: connection lost ({exc.strerror or exc})", mid_frame=not first or got > 0) from None
-            if n == 0:
+            if not data:
                 mid = not first or got > 0
                 raise PeerGone(f"{self.peer} closed the connection" + (" in the middle of a frame" if mid else ""),
                                mid_frame=mid)
-            got += n
+            pieces.append(data)
+            got += len(data)
             if deadline is None:  # the frame has started: from now on it must finish in time
                 deadline = time.monotonic() + self.frame_timeout
-        return bytes(buf)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def receive(self) -> Frame:
         """Read one frame. Raises ProtocolError (and subclasses) on anything but a good frame.

@@ -1,4 +1,9 @@
-"""The secure-infer wire format, version 1: framing and message codec.
+"""The legacy secure-infer frame format, version 1: framing and message codec.
+
+Legacy: the HE service speaks gRPC (``protocols/he/proto/inference.proto``,
+version 2). This frame format survives for :class:`protocols.he.legacy.FrameServer`
+(plain TCP, loopback or ``insecure=True`` only), kept so existing clients and
+the transport benchmark can still use it.
 
 This docstring is the specification (``docs/wire-format.md`` repeats it with
 an example session); a client written from it alone can talk to the server.
@@ -160,7 +165,7 @@ def decode_payload(header: Header, meta_bytes: bytes, body: bytes) -> Frame:
         raise ProtocolError(f"unknown message type {header.type}", code="unknown-type") from None
     try:
         meta = json.loads(meta_bytes.decode("utf-8")) if meta_bytes else {}
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, or an integer of thousands of digits
         raise ProtocolError(f"metadata is not UTF-8 JSON: {exc}", code="bad-meta") from None
     if not isinstance(meta, dict):
         raise ProtocolError("metadata must be a JSON object", code="bad-meta")

@@ -5,25 +5,23 @@ packing, CKKS parameters, the rotation keys it needs), re-checks that the
 parameters are 128-bit secure, creates keys, uploads the public part once per
 session, and then encrypts, queries and decrypts. It packs with the same
 :class:`~secure_infer.backends.tenseal.LayoutClient` as ``si.wrap``.
+
+How bytes move is a :class:`~protocols.he.channels.Channel`: gRPC (with TLS
+and a token or client certificate; the default) or the legacy frame protocol
+(``transport="frames"``). The client's checks do not depend on which.
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from protocols.common.transport import FrameSocket
-from protocols.common.wire import DEFAULT_MAX_FRAME, Frame, MessageType, raise_if_error
+from protocols.he.channels import Channel, ClientTLS, FrameChannel, GrpcChannel, parse_address
 from secure_infer._errors import ParameterError, ProtocolError
-
-if TYPE_CHECKING:
-    from secure_infer.backends.tenseal._client import Layout
-
-PROTOCOL = 1
+from secure_infer.backends.tenseal import Layout, LayoutClient, from_bytes, to_bytes
 
 
 @dataclass(frozen=True)
@@ -49,16 +47,6 @@ class QueryStats:
         return (self.bytes_up + self.bytes_down) / max(self.inputs, 1)
 
 
-def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
-    """``"HOST:PORT"`` or ``(host, port)``; ``ParameterError`` naming the field otherwise."""
-    if isinstance(address, tuple):
-        return str(address[0]), int(address[1])
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ParameterError(f"server address {address!r} must look like HOST:PORT (e.g. 127.0.0.1:8750)")
-    return host, int(port)
-
-
 def check_published_bounds(layout: Layout) -> None:
     """Refuse a layout whose published ranges would switch the client's own checks off.
 
@@ -78,12 +66,15 @@ def check_published_bounds(layout: Layout) -> None:
 
 
 class HEClient:
-    """A connection to an :class:`~protocols.he.server.HEServer`.
+    """A connection to an HE server (:class:`~protocols.he.HEServer`, gRPC; or the legacy frame server).
 
     Args:
         address: ``"HOST:PORT"`` or ``(host, port)``.
-        timeout: seconds to wait for the server (connect, and each reply).
-        max_frame: largest reply accepted, in bytes.
+        timeout: seconds to wait for the server (connect, and each call).
+        tls: the CA to trust (and this client's certificate for mutual TLS); required off loopback.
+        token: this client's API token (``secure-infer clients add``), sent as call metadata.
+        insecure: talk plaintext to a server off loopback anyway.
+        transport: ``"grpc"`` (default) or ``"frames"`` (the legacy protocol: no TLS, no identities).
 
     Keys are uploaded in SEAL's own format; the server also accepts a public
     TenSEAL context (see the wire format), for clients built on TenSEAL.
@@ -95,20 +86,25 @@ class HEClient:
             connection is closed. :meth:`predict` refuses, before anything is
             sent, inputs of the wrong shape, with NaN or infinite values, or
             outside the published ``input_range``.
-        ProtocolError: the server cannot be reached or answers out of protocol.
+        ProtocolError: the server cannot be reached, refuses this client (code
+            ``unauthenticated``, ``permission-denied``, ``budget-exhausted``,
+            ``rate-limited``, ...), or answers out of protocol.
     """
 
-    def __init__(self, address: str | tuple[str, int], *, timeout: float = 300.0,
-                 max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, address: str | tuple[str, int], *, timeout: float = 300.0, tls: ClientTLS | None = None,
+                 token: str | None = None, insecure: bool = False, transport: str = "grpc") -> None:
         self.address = parse_address(address)
         self.timeout = timeout
-        self.max_frame = max_frame
+        if transport not in ("grpc", "frames"):
+            raise ParameterError(f"transport must be 'grpc' or 'frames', got {transport!r}")
+        self._open = lambda: (GrpcChannel(self.address, timeout=timeout, tls=tls, token=token, insecure=insecure)
+                              if transport == "grpc" else FrameChannel(self.address, timeout=timeout, insecure=insecure))
         self.last_query: QueryStats | None = None
         self._next_id = 0
-        self._conn: FrameSocket | None = None
+        self._conn: Channel | None = self._open()
         self.session_id: str | None = None
         self.key_upload_bytes = 0
-        self._connect()
+        self.budget: dict[str, Any] | None = None
         try:
             self._start()
         except BaseException:
@@ -117,15 +113,14 @@ class HEClient:
 
     def _start(self) -> None:
         """Read the layout, refuse it if it is weak or incoherent, then make and upload keys."""
-        from secure_infer.backends.tenseal._client import Layout, LayoutClient
-
-        welcome = self._hello()
-        self.model_name = str(welcome.meta.get("model", "model"))
+        welcome = self._channel().hello()
+        self.model_name = welcome.model
+        self.budget = welcome.budget
         try:
-            self.layout = Layout.from_json(welcome.meta.get("layout"))  # refuses < 128-bit parameters
+            self.layout = Layout.from_json(welcome.layout)  # refuses < 128-bit parameters
             check_published_bounds(self.layout)
         except ParameterError as exc:
-            self.close()  # BYE: this client will not send keys under this layout
+            self.close()  # this client will not send keys under this layout
             host, port = self.address
             raise ParameterError(
                 f"the server at {host}:{port} published a layout this client refuses: {exc}. No key was made or "
@@ -133,57 +128,29 @@ class HEClient:
                 "calibrated input range, or connect to another server"
             ) from None
         self.cipher = LayoutClient(self.layout, for_wire=True)
-        self._upload_keys()
-
-    # -- connection ------------------------------------------------------------------------
-    def _connect(self) -> None:
-        host, port = self.address
-        try:
-            sock = socket.create_connection((host, port), timeout=min(self.timeout, 30.0))
-        except OSError as exc:
-            raise ProtocolError(f"cannot reach the server at {host}:{port} ({exc.strerror or exc}); is "
-                                "`secure-infer serve` running there?", code="unreachable") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._conn = FrameSocket(sock, peer=f"server {host}:{port}", max_frame=self.max_frame,
-                                 idle_timeout=self.timeout, frame_timeout=self.timeout)
-
-    def _exchange(self, frame: Frame, expect: MessageType) -> Frame:
-        if self._conn is None:
-            raise ProtocolError("the client is closed", code="closed")
-        self._conn.send(frame)
-        reply = raise_if_error(self._conn.receive())
-        if reply.type is not expect:
-            raise ProtocolError(f"expected {expect.name} from the server, got {reply.type.name}", code="unexpected-message")
-        return reply
-
-    def _hello(self) -> Frame:
-        return self._exchange(Frame(MessageType.HELLO, {"protocol": PROTOCOL, "client": "secure-infer"}),
-                              MessageType.WELCOME)
-
-    def _upload_keys(self) -> None:
         names = list(self.cipher.keys.public_blobs)
-        blobs = tuple(self.cipher.keys.public_blobs[n] for n in names)
-        frame = Frame(MessageType.KEYS, {"format": "seal", "names": names}, blobs)
-        reply = self._exchange(frame, MessageType.SESSION)
-        self.session_id = str(reply.meta["session"])
-        self.key_upload_bytes = frame.size
+        session = self._channel().upload_keys("seal", [(n, self.cipher.keys.public_blobs[n]) for n in names])
+        self.session_id = session.session_id
+        self.key_upload_bytes = session.bytes_sent
+        self.budget = session.budget or self.budget
+
+    def _channel(self) -> Channel:
+        if self._conn is None:
+            raise ProtocolError("the client is closed; create a new HEClient", code="closed")
+        return self._conn
 
     def reconnect(self) -> None:
         """Open a new connection and resume the session: keys are not uploaded again."""
         self.close(bye=False)
-        self._connect()
-        self._hello()
-        self._exchange(Frame(MessageType.RESUME, {"session": self.session_id}), MessageType.SESSION)
+        self._conn = self._open()
+        self._conn.hello()
+        assert self.session_id is not None
+        self._conn.resume(self.session_id)
 
     def close(self, *, bye: bool = True) -> None:
         if self._conn is None:
             return
-        if bye:
-            try:
-                self._conn.send(Frame(MessageType.BYE))
-            except ProtocolError:
-                pass
-        self._conn.close()
+        self._conn.close(bye=bye)
         self._conn = None
 
     def __enter__(self) -> HEClient:
@@ -200,26 +167,21 @@ class HEClient:
         the model's trailing softmax/log-softmax/sigmoid/argmax, published in the
         layout, runs here on the decrypted values; without it you get the logits.
         """
-        from secure_infer.backends.tenseal._seal import from_bytes, to_bytes
         from secure_infer.ir import apply_epilogue
 
-        if self._conn is None:
-            raise ProtocolError("the client is closed; create a new HEClient", code="closed")
+        conn = self._channel()
         flat = self.cipher.check_input(x)
-        conn, context = self._conn, self.cipher.keys.context
+        context = self.cipher.keys.context
         traffic = {"up": 0, "down": 0, "compute_s": 0.0}
 
         def remote(cts: list[Any]) -> list[Any]:
-            """One QUERY/RESULT round trip, (de)serialization included."""
-            frame = Frame(MessageType.QUERY, {"id": self._next_id}, tuple(to_bytes(c) for c in cts))
-            before_in, before_out = conn.bytes_in, conn.bytes_out
-            reply = self._exchange(frame, MessageType.RESULT)
-            if reply.meta.get("id") != self._next_id:
-                raise ProtocolError("the server answered another request", code="unexpected-message")
+            """One request/reply round trip, (de)serialization included."""
+            assert self.session_id is not None
+            reply = conn.evaluate(self.session_id, self._next_id, [to_bytes(c) for c in cts])
             self._next_id += 1
-            traffic["up"] += conn.bytes_out - before_out
-            traffic["down"] += conn.bytes_in - before_in
-            traffic["compute_s"] += float(reply.meta.get("compute_s", 0.0))
+            traffic["up"] += reply.bytes_sent
+            traffic["down"] += reply.bytes_received
+            traffic["compute_s"] += reply.compute_s
             try:
                 return [from_bytes("Ciphertext", context, blob) for blob in reply.blobs]
             except ValueError as exc:
@@ -232,6 +194,12 @@ class HEClient:
         out = torch.from_numpy(y).float().reshape(len(y), *(self.layout.output_shape or (self.layout.output_size,)))
         return apply_epilogue(self.layout.epilogue, out) if epilogue else out
 
+    def remaining_budget(self) -> dict[str, Any] | None:
+        """The server's view of this client's budget now (None from an unmetered or legacy server)."""
+        self.budget = self._channel().budget()
+        return self.budget
+
     def describe(self) -> dict[str, Any]:
         return {"server": f"{self.address[0]}:{self.address[1]}", "model": self.model_name,
-                "mode": self.layout.mode, "session": self.session_id, "key_upload_bytes": self.key_upload_bytes}
+                "mode": self.layout.mode, "session": self.session_id, "key_upload_bytes": self.key_upload_bytes,
+                "budget": self.budget}

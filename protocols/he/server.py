@@ -1,104 +1,321 @@
-"""The model owner's side of HE inference: a compiled CKKS program served over TCP.
+"""The model owner's side of HE inference, served over gRPC (TLS outside loopback).
 
-The server holds the weights and a program compiled without any key
-(``keys=False``). Each client uploads its public key material once per
-session (relinearization keys and the Galois keys the layout names, seeded)
-and then sends ciphertexts; the server evaluates and returns ciphertexts. It
-never holds a secret key and refuses one if offered.
+:class:`HEServer` is a thin adapter from the gRPC service in
+``protocols/he/proto/inference.proto`` to :class:`~protocols.he.handler.InferenceHandler`:
+it reassembles chunked keys and ciphertexts, reads credentials from the call
+(``authorization: Bearer TOKEN`` metadata, or a verified client certificate),
+and turns the handler's refusals into gRPC statuses with the precise reason in
+the trailing metadata ``secure-infer-code``. Limits come from gRPC itself:
+message size (``chunk_bytes``), concurrent calls (``max_concurrent_rpcs``),
+keep-alive and idle-connection reaping; the adapter adds what gRPC does not
+know: a cap on a whole stream's bytes, a time limit between chunks and per
+request (slow clients), and a bounded pool of evaluation threads. The
+standard gRPC health service answers for ``secureinfer.he.v2.Inference``.
 
-Robustness (each is tested): frames over ``max_frame`` are refused before
-they are read, idle and slow peers time out, a peer that disconnects
-mid-frame only ends its own connection, malformed input gets an ERROR frame
-rather than a crash, and clients are served concurrently (one thread each).
+Plaintext is served only on loopback, or when the operator says
+``insecure=True`` (``--insecure``); anywhere else TLS is required.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import json
 import logging
 import os
-import socket
 import threading
-import time
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
+import grpc
 import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from protocols.common.transport import FrameSocket, PeerGone, PeerTimeout
-from protocols.common.wire import DEFAULT_MAX_FRAME, Frame, MessageType, error_frame
+from protocols.he.handler import PROTOCOL, AuditLog, Caller, InferenceHandler, ServerStats
+from protocols.he.proto import inference_pb2 as pb
+from protocols.he.proto import inference_pb2_grpc as pb_grpc
+from protocols.he.state import Client, ServerState
 from secure_infer._errors import ParameterError, ProtocolError
 
-log = logging.getLogger("secure_infer.protocols.he.server")
+log = logging.getLogger(__name__)
 
-PROTOCOL = 1
-# evaluation keys only; a public key is accepted and dropped (the server never encrypts)
-KEY_NAMES = ("relin_keys", "galois_keys", "public_key")
-# a broken header means the stream's framing is lost: answer, then hang up
-FATAL_CODES = {"bad-magic", "bad-version", "bad-flags", "frame-too-large", "truncated", "secret-key-refused"}
+SERVICE = "secureinfer.he.v2.Inference"
+CODE_KEY = "secure-infer-code"
+DEFAULT_CHUNK = 1 << 20
+# a refusal's code -> the gRPC status it travels as
+STATUS = {
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "permission-denied": grpc.StatusCode.PERMISSION_DENIED,
+    "budget-exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "rate-limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too-large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unknown-session": grpc.StatusCode.NOT_FOUND,
+    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "bad-version": grpc.StatusCode.FAILED_PRECONDITION,
+    "internal-error": grpc.StatusCode.INTERNAL,
+}  # everything else (bad-keys, bad-ciphertext, bad-query, bad-request, secret-key-refused): INVALID_ARGUMENT
+
+T = TypeVar("T")
 
 
-@dataclass
-class Session:
-    """One client's uploaded public key material, kept across its connections."""
-
-    session_id: str
-    server_context: Any
-    key_bytes: int
-    created: float = field(default_factory=time.time)
-    queries: int = 0
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-@dataclass
-class ServerStats:
-    """What the server has seen since it started (for tests and the CLI's log line)."""
+@dataclass(frozen=True)
+class ServerTLS:
+    """The server's certificate and key, and (mutual TLS) the CA its clients' certificates must chain to."""
 
-    connections: int = 0
-    queries: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    internal_errors: int = 0
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        try:
+            pair = (self.key.read_bytes(), self.cert.read_bytes())
+            ca = self.client_ca.read_bytes() if self.client_ca is not None else None
+        except OSError as exc:
+            raise ParameterError(f"TLS file {exc.filename}: {exc.strerror}; make them with `secure-infer certs DIR`") from None
+        return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class _Service(pb_grpc.InferenceServicer):
+    """gRPC methods -> handler calls; runs on the server's event loop, evaluates in its thread pool."""
+
+    def __init__(self, server: HEServer) -> None:
+        self.server = server
+        self.handler = server.handler
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: ProtocolError) -> None:
+        self.handler.count_error(exc.code)
+        status = STATUS.get(exc.code, grpc.StatusCode.INVALID_ARGUMENT)
+        await context.abort(status, str(exc), trailing_metadata=((CODE_KEY, exc.code),))
+
+    async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await work()
+        except ProtocolError as exc:
+            await self._fail(context, exc)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # a bug must not take the server down: report it, fail this call only
+            log.exception("internal error in %s", context.peer())
+            self.handler.count_internal_error()
+            await self._fail(context, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal-error"))
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        token = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, rest = str(value).partition(" ")
+                if scheme.lower() != "bearer" or not rest.strip():
+                    raise ProtocolError("authorization metadata must be 'Bearer TOKEN'", code="unauthenticated")
+                token = rest.strip()
+        names = (context.auth_context() or {}).get("x509_common_name") or []
+        cert_name = names[0].decode("utf-8", "replace") if names else None
+        return self.handler.authenticate(token=token, certificate_name=cert_name, peer=str(context.peer()))
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.server._executor, fn, *args)
+
+    async def _chunks(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The request stream, with a time limit between chunks and for the whole stream, and a byte cap."""
+        loop = asyncio.get_running_loop()
+        srv = self.server
+        deadline = loop.time() + srv.request_timeout
+        total = 0
+        it = requests.__aiter__()
+        while True:
+            wait = min(srv.idle_timeout, deadline - loop.time())
+            if wait <= 0:
+                raise ProtocolError(f"the request did not finish within {srv.request_timeout:.0f} s", code="timeout")
+            try:
+                chunk = await asyncio.wait_for(it.__anext__(), wait)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ProtocolError(f"no data for {wait:.0f} s in the middle of a request", code="timeout") from None
+            total += len(chunk.data)
+            if total > self.handler.max_request_bytes:
+                raise ProtocolError(f"the request exceeds {self.handler.max_request_bytes} bytes (max_request_bytes "
+                                    "in the layout reply)", code="too-large")
+            yield chunk
+
+    def _budget(self, client: Client | None) -> pb.Budget | None:
+        if client is None:
+            return None
+        return pb.Budget(client=client.name, limit=client.budget, used=client.used,
+                         rate_per_minute=client.rate_per_minute)
+
+    # -- methods ---------------------------------------------------------------------------
+    async def GetLayout(self, request: pb.LayoutRequest, context: grpc.aio.ServicerContext) -> pb.LayoutReply:
+        async def work() -> pb.LayoutReply:
+            if request.protocol != PROTOCOL:
+                raise ProtocolError(f"client speaks protocol {request.protocol}; this server speaks {PROTOCOL}",
+                                    code="bad-version")
+            caller = self._caller(context)
+            self.handler.count_connection()
+            return pb.LayoutReply(protocol=PROTOCOL, model=self.handler.name,
+                                  layout_json=json.dumps(self.handler.layout()),
+                                  max_request_bytes=self.handler.max_request_bytes, chunk_bytes=self.server.chunk_bytes,
+                                  budget=self._budget(self.handler.budget(caller)))
+        return await self._guard(context, work)
+
+    async def UploadKeys(self, request_iterator: AsyncIterator[pb.KeyChunk],
+                         context: grpc.aio.ServicerContext) -> pb.Session:
+        async def work() -> pb.Session:
+            caller = self._caller(context)
+            fmt = ""
+            blobs: list[tuple[str, bytearray]] = []
+            async for chunk in self._chunks(request_iterator):
+                if not fmt:
+                    fmt = chunk.format
+                elif chunk.format and chunk.format != fmt:
+                    raise ProtocolError("every KeyChunk's format must match the first one's", code="bad-keys")
+                if not blobs or chunk.name != blobs[-1][0]:
+                    blobs.append((chunk.name, bytearray()))
+                blobs[-1][1].extend(chunk.data)
+            session = await self._run(self.handler.open_session, caller, fmt,
+                                      [(name, bytes(data)) for name, data in blobs])
+            return pb.Session(session_id=session.session_id, key_bytes=session.key_bytes,
+                              budget=self._budget(self.handler.budget(caller)))
+        return await self._guard(context, work)
+
+    async def Resume(self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext) -> pb.Session:
+        async def work() -> pb.Session:
+            caller = self._caller(context)
+            session = self.handler.resume(caller, request.session_id)
+            return pb.Session(session_id=session.session_id, key_bytes=session.key_bytes,
+                              budget=self._budget(self.handler.budget(caller)))
+        return await self._guard(context, work)
+
+    async def GetBudget(self, request: pb.BudgetRequest, context: grpc.aio.ServicerContext) -> pb.Budget:
+        async def work() -> pb.Budget:
+            budget = self._budget(self.handler.budget(self._caller(context)))
+            return budget if budget is not None else pb.Budget(client="anonymous", limit=-1)
+        return await self._guard(context, work)
+
+    async def Evaluate(self, request_iterator: AsyncIterator[pb.CiphertextChunk],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CiphertextChunk]:
+        async def work() -> tuple[list[bytes], float, int]:
+            caller = self._caller(context)
+            session_id, request_id = "", 0
+            blobs: list[bytearray] = []
+            async for chunk in self._chunks(request_iterator):
+                if not blobs and not session_id:
+                    session_id, request_id = chunk.session_id, chunk.request_id
+                if chunk.index == len(blobs):
+                    blobs.append(bytearray())
+                elif chunk.index != len(blobs) - 1:
+                    raise ProtocolError(f"ciphertext chunk index {chunk.index} out of order (expected "
+                                        f"{max(len(blobs) - 1, 0)} or {len(blobs)})", code="bad-request")
+                if len(blobs) > self.handler.ciphertexts_per_request:
+                    raise ProtocolError(f"more than {self.handler.ciphertexts_per_request} ciphertexts in one request",
+                                        code="bad-query")
+                blobs[-1].extend(chunk.data)
+            if not session_id:
+                raise ProtocolError("the request's first chunk must name its session_id", code="bad-request")
+            outs, compute_s = await self._run(self.handler.evaluate, caller, session_id, request_id,
+                                              [bytes(b) for b in blobs])
+            return outs, compute_s, request_id
+
+        outs, compute_s, request_id = await self._guard(context, work)
+        step = self.server.chunk_bytes
+        first = True
+        for index, blob in enumerate(outs):
+            for at in range(0, max(len(blob), 1), step):
+                msg = pb.CiphertextChunk(index=index, data=blob[at : at + step])
+                if first:
+                    msg.request_id, msg.compute_s, first = request_id, compute_s, False
+                yield msg
 
 
 class HEServer:
-    """Serve one compiled TenSEAL program to many clients.
+    """Serve one compiled TenSEAL program to many clients over gRPC.
 
     Args:
         program: a ``TensealProgram`` (``si.wrap(model, backend="tenseal", ...).program``).
         name: the model name announced to clients.
         host, port: where to listen (``port=0`` picks a free port; see :attr:`address`).
-        max_frame: largest frame accepted, in bytes.
-        idle_timeout: seconds a connection may sit without starting a frame.
-        frame_timeout: seconds a started frame may take to arrive in full.
+        tls: the server's certificate (and client CA for mutual TLS); required off loopback.
+        insecure: serve plaintext off loopback anyway (for a network you trust; says so in logs).
+        state: a :class:`~protocols.he.state.ServerState` or its SQLite path: client tokens and budgets.
+        allow_anonymous: accept callers without credentials; default: only when ``state`` has no client.
+        audit_log: a JSON-lines file receiving one line per query and refusal.
+        chunk_bytes: largest payload per gRPC message, both ways.
+        max_request_bytes: largest key upload or request, all chunks together.
+        idle_timeout: seconds a request may go without a chunk; idle connections are closed after it.
+        request_timeout: seconds a whole request may take to arrive.
+        workers: threads evaluating requests (default: the CPU count).
+        max_concurrent_rpcs: calls in progress at once; more are refused (RESOURCE_EXHAUSTED).
         max_sessions: key sets kept at once; the least recently used is dropped.
     """
 
     def __init__(self, program: Any, *, name: str = "model", host: str = "127.0.0.1", port: int = 0,
-                 max_frame: int = DEFAULT_MAX_FRAME, idle_timeout: float = 60.0, frame_timeout: float = 120.0,
+                 tls: ServerTLS | None = None, insecure: bool = False, state: ServerState | str | Path | None = None,
+                 allow_anonymous: bool | None = None, audit_log: str | Path | None = None,
+                 chunk_bytes: int = DEFAULT_CHUNK, max_request_bytes: int = 256 << 20, idle_timeout: float = 60.0,
+                 request_timeout: float = 300.0, workers: int | None = None, max_concurrent_rpcs: int = 256,
                  max_sessions: int = 64) -> None:
         if getattr(program, "published", None) is None or not hasattr(program, "evaluate"):
             raise ParameterError("HEServer needs a TenSEAL program: HEServer.from_model(model, sample_input), or "
                                  "si.wrap(model, backend='tenseal', ...).program")
+        if tls is None and not insecure and not is_loopback(host):
+            raise ParameterError(f"--host {host} is not loopback: serve with TLS (--tls-cert/--tls-key, make them with "
+                                 "`secure-infer certs DIR --host " + host + "`) or, on a network you trust, --insecure")
+        if not 4096 <= chunk_bytes <= 64 << 20:
+            raise ParameterError(f"chunk_bytes must be between 4 KiB and 64 MiB, got {chunk_bytes}")
+        self._owns_state = isinstance(state, str | Path)
+        if isinstance(state, str | Path):
+            state = ServerState(state)
+        if allow_anonymous is None:
+            allow_anonymous = state is None or not state.has_clients()
         self.program = program
+        self.handler = InferenceHandler(program, name=name, state=state, allow_anonymous=allow_anonymous,
+                                        max_sessions=max_sessions, max_request_bytes=max_request_bytes,
+                                        audit=AuditLog(audit_log))
         self.name = name
-        self.max_frame = max_frame
+        self.tls = tls
+        self.chunk_bytes = chunk_bytes
         self.idle_timeout = idle_timeout
-        self.frame_timeout = frame_timeout
-        self.max_sessions = max_sessions
-        self.stats = ServerStats()
+        self.request_timeout = request_timeout
         self.report: Any = None
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind((host, port))
-        except OSError as exc:
-            self._sock.close()
-            raise ParameterError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
-        self._sock.listen(64)
-        self._thread: threading.Thread | None = None
-        self._closed = threading.Event()
-        self._conns: set[FrameSocket] = set()
+        self._executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2, thread_name_prefix="he-eval")
+        self._stopped = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._port = 0
+        self._host = host
+        self._options = [
+            ("grpc.max_receive_message_length", chunk_bytes + (64 << 10)),
+            ("grpc.max_send_message_length", chunk_bytes + (64 << 10)),
+            ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second listener
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.max_connection_idle_ms", int(idle_timeout * 1000)),
+            ("grpc.max_concurrent_streams", 32),
+        ]
+        self._max_rpcs = max_concurrent_rpcs
+        self._thread = threading.Thread(target=self._loop_main, args=(port,), name="he-grpc", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._executor.shutdown(wait=False)
+            raise self._error
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, sample_input: torch.Tensor, *, mode: str = "latency",
@@ -108,8 +325,7 @@ class HEServer:
 
         The local key pair ``wrap`` used for that measurement is dropped before
         serving: the server holds no secret key. ``schedule``, ``poly_degree`` and
-        ``tolerance`` are ``wrap``'s. The server evaluates with one process per
-        request (its threads serve clients concurrently).
+        ``tolerance`` are ``wrap``'s; other keywords are :class:`HEServer`'s.
         """
         import secure_infer as si
         from secure_infer.backends.tenseal import TensealProgram
@@ -122,227 +338,71 @@ class HEServer:
         server.report = enc.report()
         return server
 
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return str(host), int(port)
+    # -- the event loop thread -------------------------------------------------------------
+    def _loop_main(self, port: int) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve(port))
+        except BaseException as exc:  # a failure to bind is reported to the constructor
+            if not self._ready.is_set():
+                self._error = exc
+        finally:
+            self._ready.set()
+            self._stopped.set()
 
-    def welcome(self) -> Frame:
-        return Frame(MessageType.WELCOME, {
-            "protocol": PROTOCOL, "model": self.name, "layout": self.program.published.to_json(),
-            "max_frame": self.max_frame, "idle_timeout_s": self.idle_timeout,
-        })
+    async def _serve(self, port: int) -> None:
+        server = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_rpcs)
+        pb_grpc.add_InferenceServicer_to_server(_Service(self), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        target = f"[{self._host}]:{port}" if ":" in self._host else f"{self._host}:{port}"
+        try:
+            if self.tls is not None:
+                bound = server.add_secure_port(target, self.tls.credentials())
+            else:
+                bound = server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise ParameterError(f"cannot listen on {self._host}:{port} ({exc}); choose another --port") from None
+        if not bound:
+            raise ParameterError(f"cannot listen on {self._host}:{port}; choose another --port")
+        self._port = bound
+        await server.start()
+        for service in (SERVICE, ""):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=2.0)
 
     # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._host, self._port
+
+    @property
+    def stats(self) -> ServerStats:
+        return self.handler.stats
+
     def start(self) -> HEServer:
-        """Accept connections in a background thread; returns at once."""
-        self._thread = threading.Thread(target=self.serve_forever, name="he-server", daemon=True)
-        self._thread.start()
+        """The server accepts calls from construction on; kept so ``with HEServer(...)`` reads naturally."""
         return self
 
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`close`; one thread per connection."""
-        try:
-            self._sock.settimeout(0.2)
-        except OSError:  # closed before this thread got going (start() then close() at once)
-            return
-        while not self._closed.is_set():
-            try:
-                conn, peer = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._handle, args=(conn, f"client {peer[0]}:{peer[1]}"), daemon=True).start()
+        """Block until :meth:`close` (from another thread or a signal handler)."""
+        while not self._stopped.wait(0.5):
+            pass
 
     def close(self) -> None:
-        self._closed.set()
-        self._sock.close()
-        for fs in list(self._conns):
-            fs.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._stop is not None and not self._stopped.is_set():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_state and self.handler.state is not None:
+            self.handler.state.close()
 
     def __enter__(self) -> HEServer:
-        return self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- one connection --------------------------------------------------------------------
-    def _handle(self, conn: socket.socket, peer: str) -> None:
-        fs = FrameSocket(conn, peer=peer, max_frame=self.max_frame, idle_timeout=self.idle_timeout,
-                         frame_timeout=self.frame_timeout)
-        with self._lock:
-            self.stats.connections += 1
-            self._conns.add(fs)
-        state: dict[str, Any] = {"session": None}
-        try:
-            while not self._closed.is_set():
-                try:
-                    frame = fs.receive()
-                    reply = self._dispatch(frame, state)
-                except (PeerGone, PeerTimeout) as exc:
-                    self._count(exc.code)
-                    if isinstance(exc, PeerTimeout):
-                        self._try_send(fs, error_frame("timeout", str(exc), fatal=True))
-                    return
-                except ProtocolError as exc:
-                    self._count(exc.code)
-                    fatal = exc.code in FATAL_CODES
-                    self._try_send(fs, error_frame(exc.code, str(exc), fatal=fatal))
-                    if fatal:
-                        return
-                    continue
-                if reply is None:  # BYE
-                    return
-                fs.send(reply)
-        except (PeerGone, PeerTimeout) as exc:
-            self._count(exc.code)
-        except Exception as exc:  # a bug must not take the server down: report it, drop this connection
-            log.exception("internal error serving %s", peer)
-            with self._lock:
-                self.stats.internal_errors += 1
-            self._try_send(fs, error_frame("internal-error", f"{type(exc).__name__}: {exc}", fatal=True))
-        finally:
-            with self._lock:
-                self._conns.discard(fs)
-            fs.close()
-
-    def _count(self, code: str) -> None:
-        with self._lock:
-            self.stats.errors[code] += 1
-
-    @staticmethod
-    def _try_send(fs: FrameSocket, frame: Frame) -> None:
-        try:
-            fs.send(frame)
-        except (ProtocolError, OSError):
-            pass
-
-    def _dispatch(self, frame: Frame, state: dict[str, Any]) -> Frame | None:
-        kind = frame.type
-        if kind is MessageType.HELLO:
-            if frame.meta.get("protocol") != PROTOCOL:
-                raise ProtocolError(f"client speaks protocol {frame.meta.get('protocol')!r}; this server speaks {PROTOCOL}",
-                                    code="bad-version")
-            return self.welcome()
-        if kind is MessageType.KEYS:
-            session = self._new_session(frame)
-            state["session"] = session
-            return Frame(MessageType.SESSION, {"session": session.session_id, "key_bytes": session.key_bytes})
-        if kind is MessageType.RESUME:
-            sid = frame.meta.get("session")
-            with self._lock:
-                resumed = self._sessions.get(sid) if isinstance(sid, str) else None
-                if resumed is not None:
-                    self._sessions.move_to_end(resumed.session_id)
-            if resumed is None:
-                raise ProtocolError("unknown or expired session: upload the keys again (KEYS)", code="unknown-session")
-            state["session"] = resumed
-            return Frame(MessageType.SESSION, {"session": resumed.session_id, "key_bytes": resumed.key_bytes})
-        if kind is MessageType.QUERY:
-            if state["session"] is None:
-                raise ProtocolError("no keys yet: send KEYS (or RESUME a session) before QUERY", code="no-session")
-            return self._query(frame, state["session"])
-        if kind is MessageType.BYE:
-            return None
-        raise ProtocolError(f"a client does not send {kind.name}", code="unexpected-message")
-
-    def _new_session(self, frame: Frame) -> Session:
-        from secure_infer.backends.tenseal._seal import ServerContext, galois_element, to_bytes
-
-        program = self.program
-        fmt = frame.meta.get("format")
-        if fmt == "seal":
-            names = frame.meta.get("names")
-            if not isinstance(names, list) or len(names) != len(frame.blobs):
-                raise ProtocolError("KEYS meta.names must name each blob", code="bad-keys")
-            refused = [n for n in names if n not in KEY_NAMES]
-            if refused:
-                raise ProtocolError(f"refusing key material {refused!r}: the server accepts only "
-                                    f"{sorted(KEY_NAMES)} and never a secret key", code="secret-key-refused")
-            raw = dict(zip(names, frame.blobs, strict=True))
-        elif fmt == "tenseal-context":
-            raw = self._from_tenseal_context(frame, to_bytes)
-        else:
-            raise ProtocolError("KEYS meta.format must be 'seal' or 'tenseal-context'", code="bad-keys")
-        raw.pop("public_key", None)
-        if "relin_keys" not in raw:
-            raise ProtocolError("KEYS is missing relin_keys", code="bad-keys")
-        steps = program.published.rotation_steps
-        context = ServerContext(program.params, None)
-        try:
-            public = context.load_keys(raw, tuple(steps))
-        except ValueError as exc:
-            raise ProtocolError(f"KEYS: {exc}", code="bad-keys") from None
-        n = program.params.poly_modulus_degree
-        galois = public.galois_keys
-        missing = [s for s in steps if galois is None or not galois.has_key(galois_element(s, n))]
-        if missing:
-            raise ProtocolError(f"KEYS lacks Galois keys for rotation steps {missing} (the layout's rotation_steps)",
-                                code="bad-keys")
-        session = Session(os.urandom(16).hex(), context, key_bytes=sum(len(b) for b in raw.values()))
-        with self._lock:
-            self._sessions[session.session_id] = session
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
-        return session
-
-    @staticmethod
-    def _from_tenseal_context(frame: Frame, to_bytes: Any) -> dict[str, bytes]:
-        import tenseal as ts
-
-        if len(frame.blobs) != 1:
-            raise ProtocolError("a tenseal-context KEYS frame carries exactly one blob", code="bad-keys")
-        try:
-            ctx = ts.context_from(frame.blobs[0])
-        except Exception as exc:  # TenSEAL raises several types on bad bytes
-            raise ProtocolError(f"KEYS blob is not a TenSEAL context: {exc}", code="bad-keys") from None
-        if ctx.is_private():
-            raise ProtocolError("the uploaded TenSEAL context carries a secret key: serialize it with "
-                                "save_secret_key=False (or call make_context_public()) and send it again",
-                                code="secret-key-refused")
-        raw = {"relin_keys": to_bytes(ctx.data.relin_keys())}
-        if ctx.has_galois_keys():
-            raw["galois_keys"] = to_bytes(ctx.data.galois_keys())
-        return raw
-
-    def _load(self, kind: str, blob: bytes, what: str) -> Any:
-        from secure_infer.backends.tenseal._seal import from_bytes
-
-        try:
-            return from_bytes(kind, self.program.server.context, blob)
-        except ValueError as exc:
-            raise ProtocolError(f"{what}: {exc}", code="bad-keys" if kind != "Ciphertext" else "bad-ciphertext") from None
-
-    def _query(self, frame: Frame, session: Session) -> Frame:
-        from secure_infer.backends.tenseal._seal import to_bytes
-
-        program = self.program
-        request_id = frame.meta.get("id", 0)
-        if not isinstance(request_id, int) or isinstance(request_id, bool):
-            raise ProtocolError("QUERY meta.id must be an integer", code="bad-query")
-        expected = program.published.chunks if program.mode == "latency" else program.compiled.input_size
-        if len(frame.blobs) != expected:
-            raise ProtocolError(f"QUERY carries {len(frame.blobs)} ciphertexts; a {program.mode}-mode request takes "
-                                f"{expected}", code="bad-query")
-        context = program.server.context
-        first = context.first_parms_id()
-        scale = float(2 ** program.params.scale_bits)
-        cts = []
-        for i, blob in enumerate(frame.blobs):
-            ct = self._load("Ciphertext", blob, f"QUERY ciphertext {i}")
-            if ct.parms_id() != first or ct.size() != 2 or abs(ct.scale - scale) > 1e-6 * scale:
-                raise ProtocolError(f"QUERY ciphertext {i} is not a fresh encryption at scale 2^{program.params.scale_bits} "
-                                    "under the published parameters", code="bad-ciphertext")
-            cts.append(ct)
-        started = time.perf_counter()
-        outs = program.evaluate(cts, session.server_context)
-        compute_s = time.perf_counter() - started
-        with self._lock:
-            session.queries += 1
-            self.stats.queries += 1
-        return Frame(MessageType.RESULT, {"id": request_id, "compute_s": compute_s},
-                     tuple(to_bytes(o) for o in outs))
