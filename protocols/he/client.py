@@ -171,6 +171,7 @@ class HEClient:
 
         conn = self._channel()
         flat = self.cipher.check_input(x)
+        self._check_budget(len(flat))
         context = self.cipher.keys.context
         traffic = {"up": 0, "down": 0, "compute_s": 0.0}
 
@@ -193,6 +194,19 @@ class HEClient:
                                      int(traffic["down"]))
         out = torch.from_numpy(y).float().reshape(len(y), *(self.layout.output_shape or (self.layout.output_size,)))
         return apply_epilogue(self.layout.epilogue, out) if epilogue else out
+
+    def _check_budget(self, inputs: int) -> None:
+        """Refuse, before encrypting anything, a batch the server would stop answering part-way."""
+        if self.budget is None or int(self.budget.get("limit", -1)) < 0:
+            return
+        budget = self.remaining_budget() or {}
+        limit, used = int(budget.get("limit", -1)), int(budget.get("used", 0))
+        slots = self.layout.params.slots
+        needed = inputs if self.layout.mode == "latency" else -(-inputs // slots) * slots
+        if limit >= 0 and used + needed > limit:
+            raise ProtocolError(f"this client ({budget.get('client')}) has used {used} of its budget of {limit} "
+                                f"inputs; these {inputs} inputs need {needed}: nothing was sent. Ask the server's "
+                                "operator for more", code="budget-exhausted")
 
     def remaining_budget(self) -> dict[str, Any] | None:
         """The server's view of this client's budget now (None from an unmetered or legacy server)."""

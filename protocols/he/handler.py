@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from protocols.he.state import Client, ServerState
-from secure_infer._errors import ProtocolError
+from secure_infer._errors import ParameterError, ProtocolError
 from secure_infer.backends.tenseal import ServerContext, from_bytes, galois_element, to_bytes
 
 PROTOCOL = 2
 # what a client may upload: evaluation keys only; a public key is accepted and dropped (the server never encrypts)
 KEY_NAMES = ("relin_keys", "galois_keys", "public_key")
 ANONYMOUS = "anonymous"
+IDENTITIES = ("any", "token", "certificate", "both")
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,17 @@ class InferenceHandler:
         max_sessions: key sets kept at once; the least recently used is dropped.
         max_request_bytes: largest key upload or request, all chunks together.
         audit: where the audit lines go (None: nowhere).
+        identity: what a caller must present when ``state`` is given: ``"token"``, ``"certificate"``
+            (a verified client certificate whose common name is a registered client), ``"both"`` (a token
+            and a certificate naming the same client), or ``"any"`` (either).
     """
 
     def __init__(self, program: Any, *, name: str = "model", state: ServerState | None = None,
                  allow_anonymous: bool = True, max_sessions: int = 64, max_request_bytes: int = 256 << 20,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, identity: str = "any") -> None:
+        if identity not in IDENTITIES:
+            raise ParameterError(f"identity must be one of {', '.join(IDENTITIES)}, got {identity!r}")
+        self.identity = identity
         self.program = program
         self.name = name
         self.state = state
@@ -117,16 +124,25 @@ class InferenceHandler:
         """The caller behind a token and/or a verified client certificate's common name.
 
         With both, they must name the same client: a token does not lend its
-        budget to someone else's certificate.
+        budget to someone else's certificate. What is required depends on ``identity``.
         """
-        if self.state is not None and token:
-            client = self.state.by_token(token)
-            if certificate_name and certificate_name != client.name:
-                raise ProtocolError(f"the client certificate names {certificate_name!r} but the token belongs to "
-                                    "another client: use your own token", code="permission-denied")
-            return Caller(client.name, "token", peer)
-        if self.state is not None and certificate_name:
-            return Caller(self.state.by_name(certificate_name).name, "certificate", peer)
+        if self.state is not None and (token or certificate_name):
+            need_token = self.identity in ("token", "both")
+            need_cert = self.identity in ("certificate", "both")
+            if need_token and not token:
+                raise ProtocolError("this server needs an API token as well (--token, or SECURE_INFER_TOKEN)",
+                                    code="unauthenticated")
+            if need_cert and not certificate_name:
+                raise ProtocolError("this server needs a client certificate (--tls-cert/--tls-key)",
+                                    code="unauthenticated")
+            if token and self.identity != "certificate":
+                client = self.state.by_token(token)
+                if certificate_name and certificate_name != client.name:
+                    raise ProtocolError(f"the client certificate names {certificate_name!r} but the token belongs to "
+                                        "another client: use your own token and certificate", code="permission-denied")
+                return Caller(client.name, "token", peer)
+            if certificate_name:
+                return Caller(self.state.by_name(certificate_name).name, "certificate", peer)
         if token and self.state is None:
             raise ProtocolError("this server has no client registry (--state): it accepts no tokens",
                                 code="unauthenticated")

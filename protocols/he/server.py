@@ -260,6 +260,8 @@ class HEServer:
         workers: threads evaluating requests (default: the CPU count).
         max_concurrent_rpcs: calls in progress at once; more are refused (RESOURCE_EXHAUSTED).
         max_sessions: key sets kept at once; the least recently used is dropped.
+        identity: what registered clients present: ``"token"``, ``"certificate"``, ``"both"`` or ``"any"``
+            (default: ``"both"`` with mutual TLS, else ``"token"``).
     """
 
     def __init__(self, program: Any, *, name: str = "model", host: str = "127.0.0.1", port: int = 0,
@@ -267,7 +269,7 @@ class HEServer:
                  allow_anonymous: bool | None = None, audit_log: str | Path | None = None,
                  chunk_bytes: int = DEFAULT_CHUNK, max_request_bytes: int = 256 << 20, idle_timeout: float = 60.0,
                  request_timeout: float = 300.0, workers: int | None = None, max_concurrent_rpcs: int = 256,
-                 max_sessions: int = 64) -> None:
+                 max_sessions: int = 64, identity: str | None = None) -> None:
         if getattr(program, "published", None) is None or not hasattr(program, "evaluate"):
             raise ParameterError("HEServer needs a TenSEAL program: HEServer.from_model(model, sample_input), or "
                                  "si.wrap(model, backend='tenseal', ...).program")
@@ -284,7 +286,8 @@ class HEServer:
         self.program = program
         self.handler = InferenceHandler(program, name=name, state=state, allow_anonymous=allow_anonymous,
                                         max_sessions=max_sessions, max_request_bytes=max_request_bytes,
-                                        audit=AuditLog(audit_log))
+                                        audit=AuditLog(audit_log),
+                                        identity=identity or ("both" if tls is not None and tls.client_ca else "token"))
         self.name = name
         self.tls = tls
         self.chunk_bytes = chunk_bytes
