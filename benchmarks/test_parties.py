@@ -23,8 +23,7 @@ from torch import nn
 import secure_infer as si
 from protocols.mpc import launch_local, local_parties
 from secure_infer import datasets, zoo
-from secure_infer.backends.crypten._pool import PartyPool
-from secure_infer.backends.crypten._program import weightless
+from secure_infer.backends.crypten import PartyPool, weightless
 from secure_infer.graph import trace
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -72,7 +71,7 @@ def _timed_failure(benchmark, digits: datasets.Dataset, strike, *, match: str, t
 def test_party_dead_between_calls(benchmark, digits) -> None:
     """Party 1 SIGKILLed while idle: the next call says so before anyone waits on it."""
     benchmark.group = "party failures"
-    seconds = _timed_failure(benchmark, digits, lambda pool: pool.kill(1), match=r"party 1 \(data owner\) exited",
+    seconds = _timed_failure(benchmark, digits, lambda pool: pool.kill(1), match=r"party 1 \(data-owner\) exited",
                              timeout=60)
     assert max(seconds) < 30  # formerly asserted in tests/: a dead party is found at once, not after the timeout
 
@@ -91,7 +90,7 @@ def test_party_killed_mid_call(benchmark, digits) -> None:
 
     benchmark.group = "party failures"
     try:
-        seconds = _timed_failure(benchmark, digits, strike, match=r"party 1 \(data owner\) exited with code -9",
+        seconds = _timed_failure(benchmark, digits, strike, match=r"party 1 \(data-owner\) exited with code -9",
                                  timeout=60)
     finally:
         for timer in timers:
@@ -104,7 +103,7 @@ def test_hung_party(benchmark, digits) -> None:
     """Party 1 SIGSTOPped: reported once the pool's timeout has passed, not before and not much after."""
     benchmark.group = "party failures"
     seconds = _timed_failure(benchmark, digits, lambda pool: os.kill(pool.pids[1], signal.SIGSTOP),
-                             match=r"party 1 \(data owner\) is stopped", timeout=HANG_TIMEOUT_S)
+                             match=r"party 1 \(data-owner\) is stopped", timeout=HANG_TIMEOUT_S)
     assert min(seconds) >= HANG_TIMEOUT_S
     assert max(seconds) < HANG_TIMEOUT_S + 10  # cleanup of both parties included
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from protocols.mpc.party import PartyConfig, PartyOutcome, parse_phase_line
+from protocols.mpc.party import PartyConfig, PartyOutcome
 from secure_infer._errors import ParameterError
+from secure_infer.backends.crypten import free_port, parse_phase_line, role_of
 
 __all__ = ["LaunchResult", "launch_local", "local_parties", "party_command"]
 
@@ -173,16 +174,13 @@ def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 18
 def local_parties(world_size: int, *, task: str, dealer: bool = False, port: int | None = None,
                   **fields: Any) -> list[PartyConfig]:
     """Configs for every party of a job on this host (``fields`` go to each; per-rank ones via ``per_rank``)."""
-    from protocols.mpc.party import infer_role
-    from secure_infer.backends.crypten._pool import free_port
-
     per_rank: dict[int, dict[str, Any]] = fields.pop("per_rank", {})
     master = f"127.0.0.1:{port or free_port()}"
     configs = []
     for rank in range(world_size + (1 if dealer else 0)):
         own = dict(fields) | per_rank.get(rank, {})
         if task == "infer":
-            role = infer_role(rank, world_size)
+            role = role_of(rank, world_size)
         else:
             role = "dealer" if rank == world_size else ("data-owner" if own.get("data") else "helper")
         configs.append(replace(PartyConfig(rank=rank, world_size=world_size, master=master, role=role, task=task,

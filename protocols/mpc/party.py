@@ -24,6 +24,11 @@ Each party prints one line as it enters each phase (``rendezvous``, then
 ``[secure-infer] party 1 (data-owner) phase: inference``: a launcher or an
 operator can see how far every party got, and a failure drill can strike at a
 known point instead of after a guessed number of seconds.
+
+Joining the peers, the phases, teardown and the errors are the CrypTen
+backend's party runtime (``run_crypten_party``), the same one the party
+processes of ``wrap(..., backend="crypten")`` run; this module adds the tasks,
+their files and their checks.
 """
 
 from __future__ import annotations
@@ -39,35 +44,20 @@ import numpy as np
 import torch
 
 from protocols.common.collective import broadcast_json, gather_json
-from secure_infer._errors import DatasetError, ParameterError, PartyFailure
+from secure_infer._errors import DatasetError, ParameterError
+from secure_infer.backends.crypten import (
+    DATA_OWNER,
+    MODEL_OWNER,
+    ROLES,
+    PartySession,
+    PartySettings,
+    role_of,
+    run_crypten_party,
+)
 
 TASKS = ("infer", "train")
-ROLES = ("model-owner", "data-owner", "helper", "dealer")
-MODEL_OWNER, DATA_OWNER = 0, 1
-
-
-PHASE_PREFIX = "[secure-infer] party "
-
-
-def phase_line(rank: int, role: str, phase: str) -> str:
-    """The line a party prints when it enters ``phase`` (see :func:`parse_phase_line`)."""
-    return f"{PHASE_PREFIX}{rank} ({role}) phase: {phase}"
-
-
-def parse_phase_line(line: str) -> tuple[int, str] | None:
-    """``(rank, phase)`` from a line written by :func:`phase_line`, else None."""
-    if not line.startswith(PHASE_PREFIX) or " phase: " not in line:
-        return None
-    head, _, phase = line.rstrip().rpartition(" phase: ")
-    rank = head[len(PHASE_PREFIX):].split(" ", 1)[0]
-    return (int(rank), phase) if rank.isdigit() and phase else None
-
-
-def infer_role(rank: int, world_size: int) -> str:
-    """The role a rank has in the inference task."""
-    if rank == world_size:
-        return "dealer"
-    return {MODEL_OWNER: "model-owner", DATA_OWNER: "data-owner"}.get(rank, "helper")
+# the task phase each task announces between ``rendezvous`` and ``shutdown``
+TASK_PHASES = {"infer": "inference", "train": "training"}
 
 
 @dataclass(frozen=True)
@@ -127,7 +117,7 @@ class PartyConfig:
                 raise ParameterError(f"the dealer runs as rank {self.world_size} (= --world-size) with --role dealer")
             return
         if self.task == "infer":
-            expected = infer_role(self.rank, self.world_size)
+            expected = role_of(self.rank, self.world_size)
             if self.role != expected:
                 raise ParameterError(f"in task infer rank {self.rank} is the {expected} (got --role {self.role}); "
                                      "rank 0 holds the model, rank 1 the input, others are helpers")
@@ -164,58 +154,39 @@ class PartyOutcome:
         return json.dumps(asdict(self))
 
 
-def announce_phase(config: PartyConfig, phase: str) -> None:
-    """Print the phase marker line for ``config``'s party, flushed at once (launchers read it from the log)."""
-    print(phase_line(config.rank, config.role, phase), flush=True)
-
-
-def run_party(config: PartyConfig, *, on_phase: Callable[[PartyConfig, str], None] = announce_phase) -> PartyOutcome:
+def run_party(config: PartyConfig, *, on_phase: Callable[[PartyConfig, str], None] | None = None) -> PartyOutcome:
     """Run one party to completion; raises :class:`PartyFailure` if a peer fails or times out.
 
-    ``on_phase(config, phase)`` is called as the party enters each phase (by
-    default it prints the marker line); ``rendezvous`` comes before the party
-    has joined its peers, the task's phase only once all of them have.
+    The backend's party runtime (:func:`~secure_infer.backends.crypten.run_crypten_party`)
+    joins the peers and tears down; this adds the task. ``on_phase(config, phase)``
+    is called as the party enters each phase (by default the marker line
+    :func:`~secure_infer.backends.crypten.phase_line` is printed); ``rendezvous`` comes before the party has joined its peers, the
+    task's phase only once all of them have.
     """
-    from secure_infer.backends.crypten._pool import PartySettings, configure_crypten
-
     config.validate()
     host, port = config.address
     started = time.perf_counter()
-    settings = PartySettings(config.world_size, config.rank, host, port, config.dealer, config.threads, 16,
-                             collective_timeout_s=config.timeout)
-    phase = "rendezvous"
-    on_phase(config, phase)
-    crypten = configure_crypten(settings)
-    try:
-        if config.role == "dealer":
-            phase = "dealing"
-            on_phase(config, phase)
-            crypten.mpc.provider.TTPServer()  # returns when rank 0 sends "terminate"
-            return PartyOutcome(config.rank, "dealer", config.task, time.perf_counter() - started)
-        crypten.init()
-        comm = crypten.communicator.get()
-        comm.reset_communication_stats()
-        group = comm.main_group
-        phase = "inference" if config.task == "infer" else "training"
-        on_phase(config, phase)
-        result = _infer(config, crypten, group) if config.task == "infer" else _train(config, crypten, group)
-        stats = comm.get_communication_stats()
-        phase = "shutdown"
-        on_phase(config, phase)
-        crypten.uninit()
-    except (RuntimeError, ValueError, OSError, TimeoutError) as exc:
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PartyFailure(
-            f"party {config.rank} ({config.role}) failed during {phase}: {cause}. A peer probably exited or "
-            f"stopped answering (collective timeout {config.timeout:.0f} s); check the other parties' logs"
-        ) from None
-    return PartyOutcome(config.rank, config.role, config.task, time.perf_counter() - started,
-                        int(stats["bytes"]), int(stats["rounds"]), result)
+    settings = PartySettings(config.rank, config.world_size, host, port, dealer=config.dealer,
+                             timeout=config.timeout, threads=config.threads, role=config.role)
+    task = _infer if config.task == "infer" else _train
+
+    def work(session: PartySession) -> tuple[dict[str, Any], dict[str, Any]]:
+        result = task(config, session.crypten, session.group)
+        return result, session.stats()
+
+    done = run_crypten_party(settings, work, phase=TASK_PHASES[config.task],
+                             on_phase=None if on_phase is None else (lambda phase: on_phase(config, phase)))
+    seconds = time.perf_counter() - started
+    if done is None:  # the dealer: it dealt triples and holds no result
+        return PartyOutcome(config.rank, config.role, config.task, seconds)
+    result, stats = done
+    return PartyOutcome(config.rank, config.role, config.task, seconds, int(stats["bytes"]), int(stats["rounds"]),
+                        result)
 
 
 def _infer(config: PartyConfig, crypten: Any, group: Any) -> dict[str, Any]:
     from secure_infer import datasets, zoo
-    from secure_infer.backends.crypten._program import PartyProgram, weightless
+    from secure_infer.backends.crypten import PartyProgram, weightless
     from secure_infer.graph import trace
 
     rank = config.rank

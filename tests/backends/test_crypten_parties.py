@@ -15,8 +15,7 @@ from torch import nn
 
 import secure_infer as si
 from secure_infer import zoo
-from secure_infer.backends.crypten._pool import PartyPool
-from secure_infer.backends.crypten._program import weightless
+from secure_infer.backends.crypten import PartyPool, weightless
 from secure_infer.graph import trace
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(300)]
@@ -87,7 +86,7 @@ def test_two_parties_agree_with_plaintext(lenet_two_parties, lenet, digits) -> N
         plain = model(x)
     run = lenet_two_parties.last_run
     assert not run.simulated and run.batch_size == 16
-    assert [p["role"] for p in run.per_party] == ["model owner", "data owner"]
+    assert [p["role"] for p in run.per_party] == ["model-owner", "data-owner"]
     assert all(p["bytes"] > 0 and p["rounds"] > 0 for p in run.per_party)
     assert run.bytes_sent == sum(p["bytes"] for p in run.per_party)
     # nothing is approximated in LeNet under CrypTen: fixed point is the only source of error
@@ -118,7 +117,7 @@ def test_three_parties_with_dealer(mlp, digits) -> None:
     with si.wrap(z.model, "crypten", sample_input=x[:1], parties=3, dealer=True) as enc:
         y = enc(x)
         run = enc.last_run
-        assert [p["role"] for p in run.per_party] == ["model owner", "data owner", "helper"]
+        assert [p["role"] for p in run.per_party] == ["model-owner", "data-owner", "helper"]
         assert "trusted dealer" in str(enc.report())
     assert torch.equal(y.argmax(1), z.model(x).argmax(1))
 
@@ -139,7 +138,7 @@ def test_closed_pool_refuses_calls(digits) -> None:
 def test_dead_party_is_named_with_its_exit_code(digits) -> None:
     enc = si.wrap(_logreg(), "crypten", sample_input=digits.x_test[:1], timeout=60)
     enc.program.kill_party(1)
-    with pytest.raises(si.PartyFailure, match=r"party 1 \(data owner\) exited with code -9 \(killed by SIGKILL\)"):
+    with pytest.raises(si.PartyFailure, match=r"party 1 \(data-owner\) exited with code -9 \(killed by SIGKILL\)"):
         enc(digits.x_test[:4])
     with pytest.raises(si.PartyFailure, match="closed"):  # every party was stopped with it
         enc(digits.x_test[:4])
@@ -184,7 +183,7 @@ def test_party_killed_mid_call_is_reported_from_its_exit_not_by_a_peer(logreg_po
     killer = threading.Timer(1.0, os.kill, (pids[1], signal.SIGKILL))
     killer.start()
     try:
-        with pytest.raises(si.PartyFailure, match=r"party 1 \(data owner\) exited with code -9 \(killed by SIGKILL\)") as info:
+        with pytest.raises(si.PartyFailure, match=r"party 1 \(data-owner\) exited with code -9 \(killed by SIGKILL\)") as info:
             logreg_pool.run(digits.x_test[:4])
     finally:
         killer.join()
@@ -203,9 +202,9 @@ def test_hung_party_is_reported_within_the_timeout_and_every_party_is_stopped(lo
     with pytest.raises(si.PartyFailure) as info:
         logreg_pool.run(digits.x_test[:4])
     message = str(info.value)
-    assert "party 1 (data owner) is stopped (SIGSTOP" in message
+    assert "party 1 (data-owner) is stopped (SIGSTOP" in message
     assert "did not answer within 5 s during inference" in message
-    assert "(party 0 (model owner) waited on it)" in message
+    assert "(party 0 (model-owner) waited on it)" in message
     assert _alive_children(pids) == []  # the stopped one included
     assert logreg_pool.pids == {}
 

@@ -1,9 +1,21 @@
 """The CrypTen backend: secret-shared inference between real party processes.
 
-``compile`` starts a :class:`~secure_infer.backends.crypten._pool.PartyPool`
-(default: 2 parties, model owner and data owner) that stays up across calls.
-``parties=1`` runs CrypTen inside the caller's process: a simulation for
-debugging, labelled as such in every report and run.
+``compile`` starts a :class:`PartyPool` (default: 2 parties, model owner and
+data owner) that stays up across calls. ``parties=1`` runs CrypTen inside the
+caller's process: a simulation for debugging, labelled as such in every report
+and run.
+
+Public names for code outside this package (``protocols.mpc``, attacks,
+benchmarks); its underscore modules are its own:
+
+* the party runtime every CrypTen party process runs, however it was started:
+  :func:`run_crypten_party` with :class:`PartySettings`, handing the work a
+  :class:`PartySession`; :data:`ROLES`, :func:`role_of`, :func:`phase_line`,
+  :func:`parse_phase_line` and :func:`free_port` around it;
+* :class:`PartyPool` and :class:`PartyJob`: party processes started from this
+  process, kept up across calls or running one job;
+* :class:`PartyProgram` and :func:`weightless`: a graph evaluated on shares,
+  and the weightless copy every party but the model owner builds it from.
 """
 
 from __future__ import annotations
@@ -16,8 +28,21 @@ import torch
 from secure_infer._errors import ParameterError, PartyFailure, UnsupportedModelError
 from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
-from secure_infer.backends.crypten._program import DATA_OWNER, PartyProgram, native_onnx, weightless
+from secure_infer.backends.crypten._pool import NativeSpec, PartyJob, PartyPool
+from secure_infer.backends.crypten._program import PartyProgram, native_onnx, weightless
 from secure_infer.backends.crypten._rules import RULES
+from secure_infer.backends.crypten._runtime import (
+    DATA_OWNER,
+    MODEL_OWNER,
+    ROLES,
+    PartySession,
+    PartySettings,
+    free_port,
+    parse_phase_line,
+    phase_line,
+    role_of,
+    run_crypten_party,
+)
 from secure_infer.ir import Conversion, Graph
 
 _OPTIONS = {"parties", "dealer", "port", "master_addr", "timeout", "threads", "precision_bits", "calibration"}
@@ -40,14 +65,12 @@ class CryptenProgram(Program):
         self.dealer = dealer
         self.precision_bits = precision_bits
         self.simulated = parties == 1
-        self._pool = None
+        self._pool: PartyPool | None = None
         self._local: PartyProgram | None = None
         if self.simulated:
             self._crypten = _init_in_process(precision_bits)
             self._local = PartyProgram(graph, self._crypten)
         else:
-            from secure_infer.backends.crypten._pool import NativeSpec, PartyPool
-
             owner: Graph | NativeSpec = graph
             blank: Graph | NativeSpec = weightless(graph)
             if native_model is not None:
@@ -75,8 +98,6 @@ class CryptenProgram(Program):
         else:
             if self._pool is None:
                 raise PartyFailure("the party processes are closed; wrap the model again to restart them")
-            from secure_infer.backends.crypten._pool import role_of
-
             y, revealed, stats = self._pool.run(x, reveal)
             per_party = tuple(
                 {"rank": r, "role": role_of(r, self.parties), "bytes": s["bytes"], "rounds": s["rounds"],
@@ -224,4 +245,22 @@ def _factory() -> Backend:
     return CryptenBackend()
 
 
-__all__ = ["DATA_OWNER", "CryptenBackend", "CryptenProgram", "native_crypten"]
+__all__ = [
+    "DATA_OWNER",
+    "MODEL_OWNER",
+    "ROLES",
+    "CryptenBackend",
+    "CryptenProgram",
+    "PartyJob",
+    "PartyPool",
+    "PartyProgram",
+    "PartySession",
+    "PartySettings",
+    "free_port",
+    "native_crypten",
+    "parse_phase_line",
+    "phase_line",
+    "role_of",
+    "run_crypten_party",
+    "weightless",
+]

@@ -19,7 +19,6 @@ import io
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,15 @@ from typing import Any
 import torch
 
 from secure_infer._errors import ParameterError, PartyFailure
+from secure_infer.backends.crypten._runtime import (
+    DATA_OWNER,
+    PartySession,
+    PartySettings,
+    check_port_free,
+    free_port,
+    role_of,
+    run_crypten_party,
+)
 from secure_infer.graph import Graph
 
 
@@ -49,9 +57,6 @@ class NativeSpec:
 
     onnx_bytes: bytes
 
-ROLE_NAMES = {0: "model owner", 1: "data owner"}
-
-
 def _send(conn: Connection, obj: Any) -> None:
     """Send between the coordinator and its own party processes.
 
@@ -65,12 +70,6 @@ def _send(conn: Connection, obj: Any) -> None:
 
 def _recv(conn: Connection) -> Any:
     return torch.load(io.BytesIO(conn.recv_bytes()), weights_only=False)
-
-
-def role_of(rank: int, world_size: int) -> str:
-    if rank == world_size:
-        return "dealer (TTP)"
-    return ROLE_NAMES.get(rank, "helper")
 
 
 def describe_exit(code: int) -> str:
@@ -93,81 +92,6 @@ def process_state(pid: int) -> str | None:
         return None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise ParameterError(
-                f"master port {host}:{port} is busy ({exc.strerror}); pass another port, "
-                "or port=None to pick a free one"
-            ) from None
-
-
-@dataclass(frozen=True)
-class PartySettings:
-    world_size: int
-    rank: int
-    master_addr: str
-    master_port: int
-    dealer: bool
-    threads: int
-    precision_bits: int
-    collective_timeout_s: float | None = None
-
-
-def configure_crypten(settings: PartySettings) -> Any:
-    """Set CrypTen's environment for one party (rendezvous, rank, provider) and return the module.
-
-    ``collective_timeout_s`` bounds every torch.distributed collective: a party
-    whose peer died fails within it instead of gloo's 30-minute default.
-    """
-    os.environ.update(
-        {
-            "RENDEZVOUS": f"tcp://{settings.master_addr}:{settings.master_port}",
-            "MASTER_ADDR": settings.master_addr,
-            "MASTER_PORT": str(settings.master_port),
-            "WORLD_SIZE": str(settings.world_size),
-            "RANK": str(settings.rank),
-            "DISTRIBUTED_BACKEND": "gloo",
-        }
-    )
-    torch.set_num_threads(settings.threads)
-    from secure_infer._crypten_compat import load_crypten
-
-    crypten = load_crypten()
-    if settings.collective_timeout_s is not None:
-        import datetime
-
-        import torch.distributed.distributed_c10d as c10d
-
-        # crypten.init() calls init_process_group/new_group without a timeout:
-        # they read this module default at call time
-        c10d.default_pg_timeout = datetime.timedelta(seconds=settings.collective_timeout_s)
-    crypten.cfg.communicator.verbose = True  # counts bytes and rounds
-    crypten.cfg.encoder.precision_bits = settings.precision_bits
-    crypten.cfg.mpc.provider = "TTP" if settings.dealer else "TFP"
-    return crypten
-
-
-def dealer_main(settings: PartySettings, conn: Connection) -> None:
-    """The trusted dealer: generates Beaver triples, sees no input or weight."""
-    try:
-        crypten = configure_crypten(settings)
-        _send(conn, ("ready", settings.rank, {}))
-        crypten.mpc.provider.TTPServer()  # returns when rank 0 sends "terminate"
-    except Exception:
-        _send(conn, ("error", settings.rank, traceback.format_exc()))
-        raise SystemExit(1) from None
-
-
 class PartyJob:
     """A one-shot computation every party runs once (encrypted training, say).
 
@@ -179,57 +103,74 @@ class PartyJob:
         raise NotImplementedError
 
 
-def party_main(settings: PartySettings, graph: Graph | NativeSpec | PartyJob, conn: Connection) -> None:
-    """Run one party: set up, share the weights, then serve ``run`` requests.
+def party_main(settings: PartySettings, payload: Graph | NativeSpec | PartyJob | None, conn: Connection) -> None:
+    """Run one party started by :class:`PartyPool` through :func:`run_crypten_party`.
 
-    With a :class:`PartyJob` payload, run the job once and report its result
-    (with communication statistics) as the ``ready`` message instead.
+    A graph (or :class:`NativeSpec`) payload: share the weights, say ``ready``,
+    then serve ``run`` requests until ``close``. A :class:`PartyJob`: run it
+    once and report its result (with communication statistics) as the
+    ``ready`` message. No payload: the dealer, ready as soon as it deals.
+    Any failure goes back to the coordinator as the party's traceback.
     """
-    from secure_infer.backends.crypten._program import DATA_OWNER, NativeProgram, PartyProgram
+
+    def on_phase(phase: str) -> None:
+        if phase == "dealing":
+            _send(conn, ("ready", settings.rank, {}))
+
+    def work(session: PartySession) -> None:
+        if isinstance(payload, PartyJob):
+            _run_job(session, payload, conn)
+        else:
+            assert payload is not None  # only the dealer has none, and it does not get here
+            _serve(session, payload, conn)
 
     try:
-        crypten = configure_crypten(settings)
-        started = time.perf_counter()
-        crypten.init()
-        comm = crypten.communicator.get()
-        comm.reset_communication_stats()
-        if isinstance(graph, PartyJob):
-            result = graph.run(crypten, settings.rank)
-            stats = comm.get_communication_stats()
-            _send(conn, ("ready", settings.rank, {"result": result, "seconds": time.perf_counter() - started, **stats}))
-            del graph  # the job's own data is not needed while waiting to close
-            while _recv(conn)[0] != "close":
-                pass
-            crypten.uninit()
-            return
-        program = PartyProgram(graph, crypten) if isinstance(graph, Graph) else NativeProgram(graph, crypten)
-        setup = comm.get_communication_stats()
-        _send(conn, ("ready", settings.rank, {"setup_s": time.perf_counter() - started, **setup}))
-        while True:
-            message = _recv(conn)
-            if message[0] == "close":
-                break
-            _, x, shape, reveal = message
-            comm.reset_communication_stats()
-            t0 = time.perf_counter()
-            mine = x if settings.rank == DATA_OWNER else torch.empty(shape)
-            x_enc = crypten.cryptensor(mine, src=DATA_OWNER)
-            y_enc, revealed = program(x_enc, reveal=reveal, dst=DATA_OWNER)
-            y = y_enc.get_plain_text(dst=DATA_OWNER)
-            stats = comm.get_communication_stats()
-            stats["seconds"] = time.perf_counter() - t0
-            if settings.rank == DATA_OWNER:
-                _send(conn, ("result", settings.rank, (y, revealed, stats)))
-            else:
-                _send(conn, ("result", settings.rank, (None, {}, stats)))
-        crypten.uninit()
-        _send(conn, ("closed", settings.rank, {}))
-    except Exception:
+        run_crypten_party(settings, work, phase="job" if isinstance(payload, PartyJob) else "inference",
+                          on_phase=on_phase)
+        if not settings.is_dealer:
+            _send(conn, ("closed", settings.rank, {}))
+    except Exception as exc:
         try:
-            _send(conn, ("error", settings.rank, traceback.format_exc()))
+            _send(conn, ("error", settings.rank, getattr(exc, "details", "") or traceback.format_exc()))
         except (BrokenPipeError, OSError):
             pass
         raise SystemExit(1) from None
+
+
+def _run_job(session: PartySession, job: PartyJob, conn: Connection) -> None:
+    """Run ``job`` once, report its result as ``ready``, then wait for ``close``."""
+    result = job.run(session.crypten, session.rank)
+    ready = {"result": result, "seconds": time.perf_counter() - session.started, **session.stats()}
+    _send(conn, ("ready", session.rank, ready))
+    del job  # the job's own data is not needed while waiting to close
+    while _recv(conn)[0] != "close":
+        pass
+
+
+def _serve(session: PartySession, graph: Graph | NativeSpec, conn: Connection) -> None:
+    """Share the weights once, then evaluate each ``run`` request until ``close``."""
+    from secure_infer.backends.crypten._program import NativeProgram, PartyProgram
+
+    crypten, rank = session.crypten, session.rank
+    program = PartyProgram(graph, crypten) if isinstance(graph, Graph) else NativeProgram(graph, crypten)
+    _send(conn, ("ready", rank, {"setup_s": time.perf_counter() - session.started, **session.stats()}))
+    while True:
+        message = _recv(conn)
+        if message[0] == "close":
+            return
+        _, x, shape, reveal = message
+        session.reset_stats()
+        t0 = time.perf_counter()
+        mine = x if rank == DATA_OWNER else torch.empty(shape)
+        x_enc = crypten.cryptensor(mine, src=DATA_OWNER)
+        y_enc, revealed = program(x_enc, reveal=reveal, dst=DATA_OWNER)
+        y = y_enc.get_plain_text(dst=DATA_OWNER)
+        stats = session.stats()
+        stats["seconds"] = time.perf_counter() - t0
+        if rank == DATA_OWNER:
+            _send(conn, ("result", rank, (y, revealed, stats)))
+        else:
+            _send(conn, ("result", rank, (None, {}, stats)))
 
 
 class PartyPool:
@@ -290,7 +231,8 @@ class PartyPool:
             listener.close()
         self._conns = [by_rank[r] for r in range(total)]
         self._deliver(
-            [(rank, ("init", PartySettings(parties, rank, master_addr, port, dealer, threads, precision_bits),
+            [(rank, ("init", PartySettings(rank, parties, master_addr, port, dealer=dealer, threads=threads,
+                                           precision_bits=precision_bits),
                      None if rank == parties else payloads[rank]))
              for rank in range(total)],
             phase="start-up",
@@ -536,8 +478,5 @@ def child_main(rank: int) -> None:
     host, port = os.environ["SECURE_INFER_PARENT"].rsplit(":", 1)
     conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ.pop("SECURE_INFER_AUTHKEY")))
     _send(conn, ("hello", rank))
-    _, settings, graph = _recv(conn)
-    if graph is None:
-        dealer_main(settings, conn)
-    else:
-        party_main(settings, graph, conn)
+    _, settings, payload = _recv(conn)
+    party_main(settings, payload, conn)

@@ -13,10 +13,10 @@ import torch
 
 from secure_infer.backends.crypten import activations, linear, normalization, pooling, structural  # noqa: F401
 from secure_infer.backends.crypten._rules import RULES, Apply
+from secure_infer.backends.crypten._runtime import DATA_OWNER, MODEL_OWNER
 from secure_infer.ir import Graph, Node, interpret
 
-MODEL_OWNER = 0
-DATA_OWNER = 1
+__all__ = ["DATA_OWNER", "MODEL_OWNER", "NativeProgram", "PartyProgram", "native_onnx", "weightless"]
 
 
 def weightless(graph: Graph) -> Graph:
