@@ -129,7 +129,7 @@ def main() -> None:
         report["concurrency"] = concurrency(server, z.model, data.x_test, args.clients, args.requests)
     with HEServer.from_model(z.model, data.x_train[:1], calibration=data.x_train, idle_timeout=2.0,
                              frame_timeout=2.0) as server:
-        from secure_infer.backends.tenseal._seal import to_bytes
+        from secure_infer.backends.tenseal import to_bytes
 
         with HEClient(server.address) as client:
             ct = to_bytes(next(client.cipher.requests(client.cipher.check_input(data.x_test[:1])))[1][0])

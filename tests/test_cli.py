@@ -70,7 +70,7 @@ def test_serve_and_query_from_the_command_line(tmp_path: Path) -> None:
     import sys
     import time
 
-    from secure_infer.backends.crypten._pool import free_port
+    from secure_infer.backends.crypten import free_port
 
     model = tmp_path / "logreg.pt"
     assert runner.invoke(app, ["zoo", "train", "logreg", "--out", str(model)]).exit_code == 0

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from secure_infer.backends.crypten._pool import PartyJob
+from secure_infer.backends.crypten import PartyJob
 
 VIEW_BYTES = 4096  # leading bytes of each ciphertext used as features
 
@@ -55,7 +55,7 @@ def ciphertext_view(model: torch.nn.Module, x: torch.Tensor, sample: torch.Tenso
     """TenSEAL latency mode: the bytes of each input's ciphertext, as the server receives them."""
     import secure_infer as si
     from secure_infer.backends.tenseal import TensealProgram
-    from secure_infer.backends.tenseal._seal import to_bytes
+    from secure_infer.backends.tenseal import to_bytes
 
     enc = si.wrap(model, "tenseal", sample_input=sample, mode="latency", calibration=x)
     assert isinstance(enc.program, TensealProgram)  # what wrap(..., "tenseal") builds
@@ -84,7 +84,7 @@ class _ShareJob(PartyJob):
 
 def share_view(x: torch.Tensor, *, timeout: float = 300.0) -> np.ndarray:
     """CrypTen, 2 real parties: party 0's share of each input (int64 ring elements, scaled to [-1, 1))."""
-    from secure_infer.backends.crypten._pool import PartyPool
+    from secure_infer.backends.crypten import PartyPool
 
     flat = x.reshape(len(x), -1).float()
     jobs = [_ShareJob(None, tuple(flat.shape)), _ShareJob(flat, tuple(flat.shape))]
