@@ -54,8 +54,7 @@ def plaintext_view(x: torch.Tensor) -> np.ndarray:
 def ciphertext_view(model: torch.nn.Module, x: torch.Tensor, sample: torch.Tensor) -> np.ndarray:
     """TenSEAL latency mode: the bytes of each input's ciphertext, as the server receives them."""
     import secure_infer as si
-    from secure_infer.backends.tenseal import TensealProgram
-    from secure_infer.backends.tenseal import to_bytes
+    from secure_infer.backends.tenseal import TensealProgram, to_bytes
 
     enc = si.wrap(model, "tenseal", sample_input=sample, mode="latency", calibration=x)
     assert isinstance(enc.program, TensealProgram)  # what wrap(..., "tenseal") builds
