@@ -1,8 +1,7 @@
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -12,7 +11,7 @@ class LayoutRequest(_message.Message):
     CLIENT_SOFTWARE_FIELD_NUMBER: _ClassVar[int]
     protocol: int
     client_software: str
-    def __init__(self, protocol: int | None = ..., client_software: str | None = ...) -> None: ...
+    def __init__(self, protocol: _Optional[int] = ..., client_software: _Optional[str] = ...) -> None: ...
 
 class LayoutReply(_message.Message):
     __slots__ = ("protocol", "model", "layout_json", "max_request_bytes", "chunk_bytes", "budget")
@@ -28,7 +27,7 @@ class LayoutReply(_message.Message):
     max_request_bytes: int
     chunk_bytes: int
     budget: Budget
-    def __init__(self, protocol: int | None = ..., model: str | None = ..., layout_json: str | None = ..., max_request_bytes: int | None = ..., chunk_bytes: int | None = ..., budget: Budget | _Mapping | None = ...) -> None: ...
+    def __init__(self, protocol: _Optional[int] = ..., model: _Optional[str] = ..., layout_json: _Optional[str] = ..., max_request_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class KeyChunk(_message.Message):
     __slots__ = ("format", "name", "data")
@@ -38,7 +37,7 @@ class KeyChunk(_message.Message):
     format: str
     name: str
     data: bytes
-    def __init__(self, format: str | None = ..., name: str | None = ..., data: bytes | None = ...) -> None: ...
+    def __init__(self, format: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_id", "key_bytes", "budget")
@@ -48,13 +47,13 @@ class Session(_message.Message):
     session_id: str
     key_bytes: int
     budget: Budget
-    def __init__(self, session_id: str | None = ..., key_bytes: int | None = ..., budget: Budget | _Mapping | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., key_bytes: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class ResumeRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: str | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class CiphertextChunk(_message.Message):
     __slots__ = ("session_id", "request_id", "index", "data", "compute_s")
@@ -68,7 +67,7 @@ class CiphertextChunk(_message.Message):
     index: int
     data: bytes
     compute_s: float
-    def __init__(self, session_id: str | None = ..., request_id: int | None = ..., index: int | None = ..., data: bytes | None = ..., compute_s: float | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., compute_s: _Optional[float] = ...) -> None: ...
 
 class BudgetRequest(_message.Message):
     __slots__ = ()
@@ -84,4 +83,4 @@ class Budget(_message.Message):
     limit: int
     used: int
     rate_per_minute: float
-    def __init__(self, client: str | None = ..., limit: int | None = ..., used: int | None = ..., rate_per_minute: float | None = ...) -> None: ...
+    def __init__(self, client: _Optional[str] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., rate_per_minute: _Optional[float] = ...) -> None: ...
