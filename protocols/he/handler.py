@@ -274,15 +274,10 @@ class InferenceHandler:
     def evaluate(self, caller: Caller, session_id: str, request_id: int, blobs: list[bytes]) -> tuple[list[bytes], float]:
         """Check, charge and evaluate one request; returns the output ciphertexts' bytes and the compute time."""
         inputs = self.inputs_per_request
-        try:
-            session = self.resume(caller, session_id)
-            cts = self.load_request(blobs)
-            if self.state is not None and caller.via != "anonymous":
-                self.state.charge(caller.name, inputs)
-        except ProtocolError as exc:
-            self.audit.write(client=caller.name, via=caller.via, peer=caller.peer, event="query", request=request_id,
-                             inputs=inputs, outcome=exc.code)
-            raise
+        session = self.resume(caller, session_id)
+        cts = self.load_request(blobs)
+        if self.state is not None and caller.via != "anonymous":
+            self.state.charge(caller.name, inputs)
         started = time.perf_counter()
         try:
             outs = self.program.evaluate(cts, session.server_context)
@@ -300,6 +295,12 @@ class InferenceHandler:
         self.audit.write(client=caller.name, via=caller.via, peer=caller.peer, event="query", request=request_id,
                          inputs=inputs, outcome="ok", compute_s=round(compute_s, 4))
         return out_bytes, compute_s
+
+    def refused(self, exc: ProtocolError, *, caller: Caller | None, peer: str, method: str) -> None:
+        """Count a refusal and write its audit line (the transports call this for every refusal they send)."""
+        self.count_error(exc.code)
+        self.audit.write(client=caller.name if caller else "unknown", via=caller.via if caller else "none",
+                         peer=caller.peer if caller else peer, event="refused", method=method, outcome=exc.code)
 
     def count_error(self, code: str) -> None:
         with self._lock:

@@ -152,7 +152,7 @@ class FrameServer:
                         self._try_send(fs, error_frame("timeout", str(exc), fatal=True))
                     return
                 except ProtocolError as exc:
-                    self.handler.count_error(exc.code)
+                    self.handler.refused(exc, caller=caller, peer=peer, method="frame")
                     fatal = exc.code in FATAL_CODES
                     self._try_send(fs, error_frame(exc.code, str(exc), fatal=fatal))
                     if fatal:

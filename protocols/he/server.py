@@ -87,6 +87,58 @@ class ServerTLS:
         return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
+class _Malformed:
+    """A request message that is not valid protobuf for its type (stands in for it; the method refuses it).
+
+    gRPC's own deserializers raise on such bytes, and gRPC answers UNKNOWN or
+    INTERNAL (as if the server were broken); the bytes are the client's fault.
+    """
+
+    def __init__(self, kind: str, error: str) -> None:
+        self.kind = kind
+        self.error = error
+
+
+def _lenient(message: Any) -> Callable[[bytes], Any]:
+    """A deserializer for ``message`` that returns a :class:`_Malformed` instead of raising."""
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except Exception as exc:  # DecodeError, or anything else the parser raises on hostile bytes
+            return _Malformed(message.DESCRIPTOR.name, str(exc) or type(exc).__name__)
+    return parse
+
+
+def _well_formed(message: T) -> T:
+    if isinstance(message, _Malformed):
+        raise ProtocolError(f"a {message.kind} message that is not valid protobuf: {message.error}",
+                            code="bad-request")
+    return message
+
+
+def _add_service(service: _Service, server: grpc.aio.Server) -> None:
+    """``add_InferenceServicer_to_server``, with deserializers that let a malformed message reach the method."""
+    handlers = {
+        "GetLayout": grpc.unary_unary_rpc_method_handler(
+            service.GetLayout, request_deserializer=_lenient(pb.LayoutRequest),
+            response_serializer=pb.LayoutReply.SerializeToString),
+        "UploadKeys": grpc.stream_unary_rpc_method_handler(
+            service.UploadKeys, request_deserializer=_lenient(pb.KeyChunk),
+            response_serializer=pb.Session.SerializeToString),
+        "Resume": grpc.unary_unary_rpc_method_handler(
+            service.Resume, request_deserializer=_lenient(pb.ResumeRequest),
+            response_serializer=pb.Session.SerializeToString),
+        "Evaluate": grpc.stream_stream_rpc_method_handler(
+            service.Evaluate, request_deserializer=_lenient(pb.CiphertextChunk),
+            response_serializer=pb.CiphertextChunk.SerializeToString),
+        "GetBudget": grpc.unary_unary_rpc_method_handler(
+            service.GetBudget, request_deserializer=_lenient(pb.BudgetRequest),
+            response_serializer=pb.Budget.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 class _Service(pb_grpc.InferenceServicer):
     """gRPC methods -> handler calls; runs on the server's event loop, evaluates in its thread pool."""
 
@@ -95,25 +147,28 @@ class _Service(pb_grpc.InferenceServicer):
         self.handler = server.handler
 
     # -- plumbing --------------------------------------------------------------------------
-    async def _fail(self, context: grpc.aio.ServicerContext, exc: ProtocolError) -> None:
-        self.handler.count_error(exc.code)
+    async def _fail(self, context: grpc.aio.ServicerContext, exc: ProtocolError, who: dict[str, Caller],
+                    method: str) -> None:
+        self.handler.refused(exc, caller=who.get("caller"), peer=str(context.peer()), method=method)
         status = STATUS.get(exc.code, grpc.StatusCode.INVALID_ARGUMENT)
         await context.abort(status, str(exc), trailing_metadata=((CODE_KEY, exc.code),))
 
-    async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, context: grpc.aio.ServicerContext, method: str,
+                     work: Callable[[dict[str, Caller]], Awaitable[T]]) -> T:
+        who: dict[str, Caller] = {}  # the caller, once known, for the audit line of a refusal
         try:
-            return await work()
+            return await work(who)
         except ProtocolError as exc:
-            await self._fail(context, exc)
+            await self._fail(context, exc, who, method)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:  # a bug must not take the server down: report it, fail this call only
             log.exception("internal error in %s", context.peer())
             self.handler.count_internal_error()
-            await self._fail(context, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal-error"))
+            await self._fail(context, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal-error"), who, method)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+    def _caller(self, context: grpc.aio.ServicerContext, who: dict[str, Caller]) -> Caller:
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -123,7 +178,8 @@ class _Service(pb_grpc.InferenceServicer):
                 token = rest.strip()
         names = (context.auth_context() or {}).get("x509_common_name") or []
         cert_name = names[0].decode("utf-8", "replace") if names else None
-        return self.handler.authenticate(token=token, certificate_name=cert_name, peer=str(context.peer()))
+        who["caller"] = self.handler.authenticate(token=token, certificate_name=cert_name, peer=str(context.peer()))
+        return who["caller"]
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -146,7 +202,8 @@ class _Service(pb_grpc.InferenceServicer):
                 return
             except TimeoutError:
                 raise ProtocolError(f"no data for {wait:.0f} s in the middle of a request", code="timeout") from None
-            total += len(chunk.data)
+            chunk = _well_formed(chunk)
+            total += chunk.ByteSize()  # every field: names and session ids count too, not only data
             if total > self.handler.max_request_bytes:
                 raise ProtocolError(f"the request exceeds {self.handler.max_request_bytes} bytes (max_request_bytes "
                                     "in the layout reply)", code="too-large")
@@ -160,22 +217,23 @@ class _Service(pb_grpc.InferenceServicer):
 
     # -- methods ---------------------------------------------------------------------------
     async def GetLayout(self, request: pb.LayoutRequest, context: grpc.aio.ServicerContext) -> pb.LayoutReply:
-        async def work() -> pb.LayoutReply:
+        async def work(who: dict[str, Caller]) -> pb.LayoutReply:
+            _well_formed(request)
             if request.protocol != PROTOCOL:
                 raise ProtocolError(f"client speaks protocol {request.protocol}; this server speaks {PROTOCOL}",
                                     code="bad-version")
-            caller = self._caller(context)
+            caller = self._caller(context, who)
             self.handler.count_connection()
             return pb.LayoutReply(protocol=PROTOCOL, model=self.handler.name,
                                   layout_json=json.dumps(self.handler.layout()),
                                   max_request_bytes=self.handler.max_request_bytes, chunk_bytes=self.server.chunk_bytes,
                                   budget=self._budget(self.handler.budget(caller)))
-        return await self._guard(context, work)
+        return await self._guard(context, "GetLayout", work)
 
     async def UploadKeys(self, request_iterator: AsyncIterator[pb.KeyChunk],
                          context: grpc.aio.ServicerContext) -> pb.Session:
-        async def work() -> pb.Session:
-            caller = self._caller(context)
+        async def work(who: dict[str, Caller]) -> pb.Session:
+            caller = self._caller(context, who)
             fmt = ""
             blobs: list[tuple[str, bytearray]] = []
             async for chunk in self._chunks(request_iterator):
@@ -190,26 +248,27 @@ class _Service(pb_grpc.InferenceServicer):
                                       [(name, bytes(data)) for name, data in blobs])
             return pb.Session(session_id=session.session_id, key_bytes=session.key_bytes,
                               budget=self._budget(self.handler.budget(caller)))
-        return await self._guard(context, work)
+        return await self._guard(context, "UploadKeys", work)
 
     async def Resume(self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext) -> pb.Session:
-        async def work() -> pb.Session:
-            caller = self._caller(context)
-            session = self.handler.resume(caller, request.session_id)
+        async def work(who: dict[str, Caller]) -> pb.Session:
+            caller = self._caller(context, who)
+            session = self.handler.resume(caller, _well_formed(request).session_id)
             return pb.Session(session_id=session.session_id, key_bytes=session.key_bytes,
                               budget=self._budget(self.handler.budget(caller)))
-        return await self._guard(context, work)
+        return await self._guard(context, "Resume", work)
 
     async def GetBudget(self, request: pb.BudgetRequest, context: grpc.aio.ServicerContext) -> pb.Budget:
-        async def work() -> pb.Budget:
-            budget = self._budget(self.handler.budget(self._caller(context)))
+        async def work(who: dict[str, Caller]) -> pb.Budget:
+            _well_formed(request)
+            budget = self._budget(self.handler.budget(self._caller(context, who)))
             return budget if budget is not None else pb.Budget(client="anonymous", limit=-1)
-        return await self._guard(context, work)
+        return await self._guard(context, "GetBudget", work)
 
     async def Evaluate(self, request_iterator: AsyncIterator[pb.CiphertextChunk],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CiphertextChunk]:
-        async def work() -> tuple[list[bytes], float, int]:
-            caller = self._caller(context)
+        async def work(who: dict[str, Caller]) -> tuple[list[bytes], float, int]:
+            caller = self._caller(context, who)
             session_id, request_id = "", 0
             blobs: list[bytearray] = []
             async for chunk in self._chunks(request_iterator):
@@ -230,7 +289,7 @@ class _Service(pb_grpc.InferenceServicer):
                                               [bytes(b) for b in blobs])
             return outs, compute_s, request_id
 
-        outs, compute_s, request_id = await self._guard(context, work)
+        outs, compute_s, request_id = await self._guard(context, "Evaluate", work)
         step = self.server.chunk_bytes
         first = True
         for index, blob in enumerate(outs):
@@ -355,7 +414,7 @@ class HEServer:
 
     async def _serve(self, port: int) -> None:
         server = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_rpcs)
-        pb_grpc.add_InferenceServicer_to_server(_Service(self), server)
+        _add_service(_Service(self), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         target = f"[{self._host}]:{port}" if ":" in self._host else f"{self._host}:{port}"
