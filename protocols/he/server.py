@@ -195,13 +195,17 @@ class _Service(pb_grpc.InferenceServicer):
         while True:
             wait = min(srv.idle_timeout, deadline - loop.time())
             if wait <= 0:
-                raise ProtocolError(f"the request did not finish within {srv.request_timeout:.0f} s", code="timeout")
+                raise ProtocolError(f"the request did not finish within {srv.request_timeout:g} s", code="timeout")
             try:
                 chunk = await asyncio.wait_for(it.__anext__(), wait)
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise ProtocolError(f"no data for {wait:.0f} s in the middle of a request", code="timeout") from None
+                if wait < srv.idle_timeout:  # the wait was cut short by the whole-request limit
+                    raise ProtocolError(f"the request did not finish within {srv.request_timeout:g} s",
+                                        code="timeout") from None
+                raise ProtocolError(f"no data for {srv.idle_timeout:g} s in the middle of a request",
+                                    code="timeout") from None
             chunk = _well_formed(chunk)
             total += chunk.ByteSize()  # every field: names and session ids count too, not only data
             if total > self.handler.max_request_bytes:

@@ -1,78 +1,51 @@
-"""HE client/server over real TCP sockets: answers, key handling, and a server that does not fall over."""
+"""HE client/server over gRPC (loopback plaintext): answers, key handling, client refusals, no secret key served.
+
+The legacy frame transport's own tests (frames, timeouts, fuzzing) are in test_he_legacy.py; the gRPC
+server's hardening (statuses, identities, budgets, TLS, limits) in test_he_grpc.py.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import struct
 import threading
-import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import torch
 
-from protocols.common.transport import FrameSocket
-from protocols.common.wire import MAGIC, Frame, MessageType, encode
 from protocols.he import HEClient, HEServer
+from protocols.he.channels import GrpcChannel
+from protocols.he.proto import inference_pb2 as pb
+from protocols.he.server import SERVICE
 from secure_infer import ParameterError, ProtocolError
 
 pytestmark = pytest.mark.multiprocess
 
 
-# Generous on purpose: a client makes its keys between WELCOME and KEYS, and four at once on a loaded
-# 2-core machine can take over a second; a short idle timeout would then drop them. Only the timeout
-# test uses short ones, on its own server (see test_idle_and_slow_peers_time_out).
+# Generous on purpose: four clients making keys at once on a loaded 2-core machine can take over a
+# second between calls; the slow-peer tests (test_he_grpc.py, test_he_legacy.py) use short ones.
 PATIENT_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def served(trained_zoo, digits):
-    """The digits logistic regression served in latency mode."""
-    model = trained_zoo["logreg"].model
-    server = HEServer.from_model(model, digits.x_train[:1], calibration=digits.x_train, name="logreg",
-                                 idle_timeout=PATIENT_S, frame_timeout=PATIENT_S, max_frame=64 << 20).start()
-    yield server, model
-    server.close()
-
-
-# The served model is affine (logistic regression: one plaintext-weight product, one rescale), so the
-# only error is CKKS's encoding and rescaling noise. Its parameters (N=4096, primes [38, 28, 38],
-# scale 2^28) gave a max error of 2.7e-5 per logit over 40 test inputs (logits up to 20); 1e-2 leaves
-# that a margin of several hundred, yet any wrong answer (a logit off by 0.5, another input's answer,
-# a stale result) exceeds it.
-TOLERANCE = 1e-2
-
-
-def _assert_answers(y: torch.Tensor, model: torch.nn.Module, x: torch.Tensor) -> None:
-    """The decrypted predictions are the plaintext model's, value for value (not just the shape)."""
-    with torch.no_grad():
-        ref = model(x)
-    assert y.shape == ref.shape
-    error = float((y - ref).abs().max())
-    assert error < TOLERANCE, f"decrypted outputs differ from the plaintext model's by {error:.3g}"
-
-
-def _raw(server: HEServer) -> socket.socket:
-    sock = socket.create_connection(server.address, timeout=5)
-    return sock
-
-
-def _read_reply(sock: socket.socket) -> Frame | None:
-    """One frame from the server, or None when it closed the connection."""
-    fs = FrameSocket(sock, idle_timeout=PATIENT_S, frame_timeout=PATIENT_S)
-    try:
-        return fs.receive()
-    except ProtocolError as exc:
-        if exc.code == "peer-gone":
-            return None
-        raise
+def served(logreg_program) -> Iterator[tuple[HEServer, torch.nn.Module]]:
+    """The digits logistic regression served in latency mode over gRPC on loopback."""
+    program, model = logreg_program
+    with HEServer(program, name="logreg", idle_timeout=PATIENT_S) as server:
+        yield server, model
 
 
 def test_client_gets_the_models_answers(served, digits) -> None:
     server, model = served
     x = digits.x_test[:6]
     with HEClient(server.address) as client:
+        assert client.model_name == "logreg" and client.budget is None  # an unmetered server
         y = client.predict(x)
         stats = client.last_query
         keys = sum(len(b) for b in client.cipher.keys.public_blobs.values())
@@ -113,129 +86,88 @@ def test_the_model_epilogue_runs_at_the_client(digits) -> None:
     assert torch.allclose(torch.log_softmax(logits, dim=1), y, atol=1e-6)
 
 
-def test_session_keys_are_kept_across_connections(served, digits) -> None:
+def test_session_keys_are_kept_across_connections(served, digits, assert_answers) -> None:
     server, model = served
     client = HEClient(server.address)
     try:
         first = client.predict(digits.x_test[:1])
-        uploaded = server.stats.connections
-        client.reconnect()  # RESUME: no second key upload
+        connections, sessions, session = server.stats.connections, len(server.handler._sessions), client.session_id
+        client.reconnect()  # a new channel, Resume: no second key upload
         second = client.predict(digits.x_test[:1])
-        assert server.stats.connections == uploaded + 1
-        _assert_answers(first, model, digits.x_test[:1])
-        _assert_answers(second, model, digits.x_test[:1])  # the resumed keys still evaluate correctly
+        assert server.stats.connections == connections + 1
+        assert client.session_id == session and len(server.handler._sessions) == sessions
+        assert_answers(first, model, digits.x_test[:1])
+        assert_answers(second, model, digits.x_test[:1])  # the resumed keys still evaluate correctly
     finally:
         client.close()
 
 
 def test_concurrent_clients_each_get_their_own_answers(served, digits) -> None:
     server, model = served
-    results: dict[int, float] = {}
-    errors: list[BaseException] = []
 
-    def one_client(index: int) -> None:
-        try:
-            with HEClient(server.address) as client:
-                worst = 0.0
-                for r in range(3):
-                    x = digits.x_test[index * 3 + r : index * 3 + r + 1]
-                    with torch.no_grad():
-                        worst = max(worst, float((client.predict(x) - model(x)).abs().max()))
-                results[index] = worst
-        except BaseException as exc:
-            errors.append(exc)
+    def one_client(index: int) -> float:
+        with HEClient(server.address) as client:
+            worst = 0.0
+            for r in range(3):
+                x = digits.x_test[index * 3 + r : index * 3 + r + 1]
+                with torch.no_grad():
+                    worst = max(worst, float((client.predict(x) - model(x)).abs().max()))
+            return worst
 
-    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors and sorted(results) == list(range(4))
-    assert max(results.values()) < TOLERANCE, results  # each client got its own input's logits, not another's
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one_client, range(4), timeout=120))
+    assert max(results) < 1e-2, results  # each client got its own input's logits, not another's
 
 
-def test_secret_keys_are_refused(served) -> None:
-    server, _ = served
-    with _raw(server) as sock:
-        sock.sendall(encode(Frame(MessageType.KEYS, {"format": "seal", "names": ["secret_key"]}, (b"x" * 10,))))
-        reply = _read_reply(sock)
-        assert reply.type is MessageType.ERROR and reply.meta["code"] == "secret-key-refused"
-        assert _read_reply(sock) is None  # fatal: the server hung up
+def _channel(server: HEServer) -> GrpcChannel:
+    return GrpcChannel(server.address, timeout=PATIENT_S, tls=None, token=None)
 
 
-def test_tenseal_context_keys_accepted_only_without_the_secret_key(served, digits) -> None:
+@pytest.mark.parametrize("name", ["secret_key", "SecretKey", "relin_keys\x00secret"])
+def test_secret_keys_are_refused(served, digits, assert_answers, name) -> None:
+    server, model = served
+    channel = _channel(server)
+    try:
+        channel.hello()
+        with pytest.raises(ProtocolError) as refused:
+            channel.upload_keys("seal", [("relin_keys", b"x" * 10), (name, b"x" * 10)])
+        assert refused.value.code == "secret-key-refused" and "never a secret key" in str(refused.value)
+    finally:
+        channel.close()
+    with HEClient(server.address) as client:  # refused, not broken
+        assert_answers(client.predict(digits.x_test[:1]), model, digits.x_test[:1])
+
+
+def test_tenseal_context_keys_accepted_only_without_the_secret_key(served, digits, assert_answers) -> None:
     import tenseal as ts
 
-    from secure_infer.backends.tenseal._client import LayoutClient
+    from secure_infer.backends.tenseal import LayoutClient
 
     server, model = served
     params = server.program.params
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree,
                      coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
     ctx.generate_galois_keys()
-    with _raw(server) as sock:
-        sock.sendall(encode(Frame(MessageType.KEYS, {"format": "tenseal-context"},
-                                  (ctx.serialize(save_secret_key=True),))))
-        reply = _read_reply(sock)
-        assert reply.type is MessageType.ERROR and reply.meta["code"] == "secret-key-refused"
-    with _raw(server) as sock:
-        fs = FrameSocket(sock, idle_timeout=PATIENT_S, frame_timeout=PATIENT_S)
-        fs.send(Frame(MessageType.KEYS, {"format": "tenseal-context"}, (ctx.serialize(save_secret_key=False),)))
-        assert fs.receive().type is MessageType.SESSION
+    channel = _channel(server)
+    try:
+        channel.hello()
+        with pytest.raises(ProtocolError) as refused:
+            channel.upload_keys("tenseal-context", [("context", ctx.serialize(save_secret_key=True))])
+        assert refused.value.code == "secret-key-refused"
+        opened = channel.upload_keys("tenseal-context", [("context", ctx.serialize(save_secret_key=False))])
         # TenSEAL's evaluation keys really evaluate: encrypt under the context's own secret key, compare
         cipher = LayoutClient(server.program.published, _TenSEALKeys(ctx, params), for_wire=True)
-        _assert_answers(_queries_over(fs, cipher, digits.x_test[:2]), model, digits.x_test[:2])
+        assert_answers(_queries_over(channel, opened.session_id, cipher, digits.x_test[:2]), model, digits.x_test[:2])
+    finally:
+        channel.close()
 
 
-def test_oversize_frames_are_refused_unread(served) -> None:
-    server, _ = served
-    with _raw(server) as sock:
-        sock.sendall(struct.pack(">4sBBHII", MAGIC, 1, int(MessageType.QUERY), 0, 2, 1 << 30))
-        reply = _read_reply(sock)
-        assert reply.meta["code"] == "frame-too-large" and reply.meta["fatal"]
-
-
-def test_idle_and_slow_peers_time_out(served) -> None:
-    """The server answers "timeout" and hangs up; how long that takes is in benchmarks/test_responsiveness.py."""
-    with HEServer(served[0].program, idle_timeout=1.0, frame_timeout=1.0) as server:
-        _assert_times_out(server)
-
-
-def _assert_times_out(server: HEServer) -> None:
-    with _raw(server) as sock:  # idle: says nothing
-        reply = _read_reply(sock)
-        assert reply.type is MessageType.ERROR and reply.meta["code"] == "timeout" and reply.meta["fatal"]
-        assert _read_reply(sock) is None
-    with _raw(server) as sock:  # slow: starts a frame and stalls
-        sock.sendall(encode(Frame(MessageType.HELLO, {"protocol": 1}))[:10])
-        reply = _read_reply(sock)
-        assert reply.type is MessageType.ERROR and reply.meta["code"] == "timeout" and reply.meta["fatal"]
-        assert _read_reply(sock) is None
-
-
-def _query_over(fs: FrameSocket, x: torch.Tensor) -> torch.Tensor:
-    """A whole session by hand on an open connection: HELLO, KEYS, one QUERY per input; the decrypted logits."""
-    from secure_infer.backends.tenseal._client import Layout, LayoutClient
-
-    fs.send(Frame(MessageType.HELLO, {"protocol": 1}))
-    welcome = fs.receive()
-    assert welcome.type is MessageType.WELCOME
-    cipher = LayoutClient(Layout.from_json(welcome.meta["layout"]), for_wire=True)
-    names = list(cipher.keys.public_blobs)
-    fs.send(Frame(MessageType.KEYS, {"format": "seal", "names": names},
-                  tuple(cipher.keys.public_blobs[n] for n in names)))
-    assert fs.receive().type is MessageType.SESSION
-    return _queries_over(fs, cipher, x)
-
-
-def _queries_over(fs: FrameSocket, cipher: object, x: torch.Tensor) -> torch.Tensor:
-    """QUERY/RESULT for each input of ``x`` on a keyed connection, with ``cipher`` (a ``LayoutClient``)."""
-    from secure_infer.backends.tenseal._seal import from_bytes, to_bytes
+def _queries_over(channel: GrpcChannel, session: str, cipher: Any, x: torch.Tensor) -> torch.Tensor:
+    """One Evaluate call per input of ``x`` in ``session``, with ``cipher`` (a ``LayoutClient``); the logits."""
+    from secure_infer.backends.tenseal import from_bytes, to_bytes
 
     def remote(cts: list) -> list:
-        fs.send(Frame(MessageType.QUERY, {"id": 1}, tuple(to_bytes(c) for c in cts)))
-        reply = fs.receive()
-        assert reply.type is MessageType.RESULT, reply.meta
+        reply = channel.evaluate(session, 1, [to_bytes(c) for c in cts])
         return [from_bytes("Ciphertext", cipher.keys.context, b) for b in reply.blobs]
 
     y, _ = cipher.run(cipher.check_input(x), remote)
@@ -249,7 +181,7 @@ class _TenSEALKeys:
     compute the right answers, not just that the server accepts them.
     """
 
-    def __init__(self, context: object, params: object) -> None:
+    def __init__(self, context: Any, params: Any) -> None:
         import tempfile
 
         import tenseal.sealapi as seal
@@ -268,78 +200,27 @@ class _TenSEALKeys:
         self._decryptor = seal.Decryptor(self.context, secret)
         self._scale = float(2**params.scale_bits)
 
-    def encrypt_for_wire(self, values: np.ndarray) -> object:
+    def encrypt_for_wire(self, values: np.ndarray) -> Any:
         plain = self._seal.Plaintext()
         self._encoder.encode(np.asarray(values, dtype=np.float64), self._scale, plain)
         return self._encryptor.encrypt_symmetric(plain)
 
-    def decrypt(self, ciphertext: object) -> np.ndarray:
+    def decrypt(self, ciphertext: Any) -> np.ndarray:
         plain = self._seal.Plaintext()
         self._decryptor.decrypt(ciphertext, plain)
         return np.asarray(self._encoder.decode_double(plain))
 
 
-def test_malformed_frames_get_errors_and_the_connection_survives(served, digits) -> None:
-    server, model = served
-    bad_meta = bytearray(encode(Frame(MessageType.HELLO, {"protocol": 1})))
-    bad_meta[16] = ord("[")  # metadata no longer a JSON object
-    with _raw(server) as sock:
-        fs = FrameSocket(sock, idle_timeout=PATIENT_S, frame_timeout=PATIENT_S)
-        sock.sendall(bytes(bad_meta))
-        assert fs.receive().meta["code"] == "bad-meta"
-        fs.send(Frame(MessageType.QUERY, {"id": 0}, (b"junk",)))
-        assert fs.receive().meta["code"] == "no-session"
-        # still serving this connection, with the right answers
-        _assert_answers(_query_over(fs, digits.x_test[:2]), model, digits.x_test[:2])
-
-
-def test_garbage_ciphertexts_are_rejected_not_evaluated(served, digits) -> None:
+def test_garbage_ciphertexts_are_rejected_not_evaluated(served, digits, assert_answers) -> None:
     server, model = served
     with HEClient(server.address) as client:
-        conn = client._conn
+        queries = server.stats.queries
         for blob in (b"", b"\x00" * 64, np.random.default_rng(0).bytes(5000)):
-            conn.send(Frame(MessageType.QUERY, {"id": 7}, (blob,)))
-            reply = conn.receive()
-            assert reply.type is MessageType.ERROR and reply.meta["code"] == "bad-ciphertext"
-        _assert_answers(client.predict(digits.x_test[:1]), model, digits.x_test[:1])  # the session still works
-
-
-def test_disconnect_mid_frame_does_not_disturb_others(served, digits) -> None:
-    server, model = served
-    before = server.stats.errors["peer-gone"]
-    with _raw(server) as sock:
-        sock.sendall(encode(Frame(MessageType.QUERY, {"id": 0}, (b"x" * 1000,)))[:500])  # then hang up
-    deadline = time.monotonic() + PATIENT_S  # a wait, not a bound: it ends as soon as the count moves
-    while server.stats.errors["peer-gone"] == before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.stats.errors["peer-gone"] > before
-    with HEClient(server.address) as client:
-        _assert_answers(client.predict(digits.x_test[:1]), model, digits.x_test[:1])
-    assert server.stats.internal_errors == 0
-
-
-def test_fuzzed_frames_never_crash_or_hang_the_server(served, digits) -> None:
-    """Mutated and random frames, before and inside a keyed session: always an answer or a clean close.
-
-    No crash (internal error) and no hang (PATIENT_S without the server closing: every case half-closes,
-    so a working server hangs up at once; the wait is long only so that a loaded machine cannot fake a hang).
-    SECURE_INFER_FUZZ_CASES sets the number of cases (the closing note's figure used 2,000).
-    """
-    from protocols.common.fuzz import fuzz_cases, send_and_wait_for_close
-    from secure_infer.backends.tenseal._seal import to_bytes
-
-    server, model = served
-    with HEClient(server.address) as client:
-        packed = next(client.cipher.requests(client.cipher.check_input(digits.x_test[:1])))[1][0]
-        session, ciphertext = client.session_id, to_bytes(packed)
-    cases = int(os.environ.get("SECURE_INFER_FUZZ_CASES", "150"))
-    hung = sum(not send_and_wait_for_close(server.address, data, timeout=PATIENT_S)
-               for data in fuzz_cases(cases, session=session, ciphertext=ciphertext))
-    print("server error codes after fuzzing:", dict(server.stats.errors), "queries:", server.stats.queries)
-    assert hung == 0 and server.stats.internal_errors == 0
-    assert server.stats.errors["bad-ciphertext"] > 0  # the fuzzing reached SEAL's loader, not just the header
-    with HEClient(server.address) as client:  # the server still answers, and correctly
-        _assert_answers(client.predict(digits.x_test[2:4]), model, digits.x_test[2:4])
+            with pytest.raises(ProtocolError) as refused:
+                client._conn.evaluate(client.session_id, 7, [blob])
+            assert refused.value.code == "bad-ciphertext"
+        assert server.stats.queries == queries and server.stats.internal_errors == 0
+        assert_answers(client.predict(digits.x_test[:1]), model, digits.x_test[:1])  # the session still works
 
 
 # 5,000 inputs: 3 ciphertexts at N=4096; 20,000 outputs exceed the largest ring's 16,384 slots: 2 results
@@ -383,52 +264,100 @@ def test_latency_square_chain_over_the_network(trained_zoo, digits) -> None:
 # -- the client's own refusals ------------------------------------------------------------------
 
 class _FakeServer:
-    """One connection: answers HELLO with a WELCOME carrying ``layout``, then records what the client sends.
+    """A gRPC server that publishes ``layout`` and records what the client sends; no evaluation.
 
-    The WELCOME is written by hand (``json.dumps`` with NaN/Infinity allowed), since a misbehaving server
-    need not use the project's encoder. KEYS is answered with a SESSION, so a client that accepts the
-    layout finishes connecting.
+    The layout JSON is written with ``json.dumps`` allowing NaN/Infinity, since a misbehaving server
+    need not use the project's encoder. UploadKeys is answered with a session, so a client that accepts
+    the layout finishes connecting. The client reaches it through a TCP relay that sees the client hang
+    up: a refusal must close the connection at once, not leave it to the garbage collector.
     """
 
     def __init__(self, layout: dict) -> None:
         self.layout = layout
-        self.received: list[MessageType] = []
+        self.received: list[str] = []
         self.key_names: list[str] = []
-        self.closed_by_client = threading.Event()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.address = self._sock.getsockname()[:2]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        handlers = {
+            "GetLayout": grpc.unary_unary_rpc_method_handler(
+                self._get_layout, request_deserializer=pb.LayoutRequest.FromString,
+                response_serializer=pb.LayoutReply.SerializeToString),
+            "UploadKeys": grpc.stream_unary_rpc_method_handler(
+                self._upload_keys, request_deserializer=pb.KeyChunk.FromString,
+                response_serializer=pb.Session.SerializeToString),
+        }
+        self._server = grpc.server(ThreadPoolExecutor(2))
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        self._relay = _Relay(("127.0.0.1", port))
+        self.address = self._relay.address
 
-    def _serve(self) -> None:
-        import json
+    def _get_layout(self, request: pb.LayoutRequest, context: Any) -> pb.LayoutReply:
+        self.received.append("GetLayout")
+        return pb.LayoutReply(protocol=2, model="fake", layout_json=json.dumps(self.layout),
+                              max_request_bytes=1 << 28, chunk_bytes=1 << 20)
 
-        from protocols.common.wire import HEADER
-
-        conn, _ = self._sock.accept()
-        fs = FrameSocket(conn, idle_timeout=30, frame_timeout=30)
-        try:
-            while True:
-                frame = fs.receive()
-                self.received.append(frame.type)
-                if frame.type is MessageType.HELLO:
-                    meta = json.dumps({"protocol": 1, "model": "fake", "layout": self.layout,
-                                       "max_frame": 1 << 28, "idle_timeout_s": 30}).encode()
-                    conn.sendall(HEADER.pack(MAGIC, 1, int(MessageType.WELCOME), 0, len(meta), 0) + meta)
-                elif frame.type is MessageType.KEYS:
-                    self.key_names = list(frame.meta.get("names", []))
-                    fs.send(Frame(MessageType.SESSION, {"session": "00" * 16, "key_bytes": 0}))
-        except ProtocolError as exc:
-            if exc.code == "peer-gone":
-                self.closed_by_client.set()
-        finally:
-            fs.close()
-            self._sock.close()
+    def _upload_keys(self, chunks: Any, context: Any) -> pb.Session:
+        self.received.append("UploadKeys")
+        for chunk in chunks:
+            if not self.key_names or chunk.name != self.key_names[-1]:
+                self.key_names.append(chunk.name)
+        return pb.Session(session_id="00" * 16)
 
     def wait_closed(self) -> bool:
-        """Whether the client hung up (waits for the server thread; not a timing assertion)."""
-        self._thread.join(timeout=30)
-        return self.closed_by_client.is_set()
+        """Whether the client hung up every connection it opened (a wait, not a timing assertion)."""
+        try:
+            return self._relay.wait_closed(timeout=30)
+        finally:
+            self._relay.close()
+            self._server.stop(None)
+
+
+class _Relay:
+    """Forwards TCP connections to ``target``; counts those the client side closed."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self._sock.getsockname()[:2]
+        self._lock = threading.Condition()
+        self.opened = 0
+        self.closed_by_client = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self.opened += 1
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        if from_client:
+            with self._lock:
+                self.closed_by_client += 1
+                self._lock.notify_all()
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def wait_closed(self, *, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: 0 < self.opened == self.closed_by_client, timeout=timeout)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -442,9 +371,10 @@ def test_fake_server_with_the_real_layout_gets_public_keys_only(published) -> No
     """Positive control for the refusal tests below: the same fake server, an honest layout, a keyed session."""
     fake = _FakeServer(published)
     client = HEClient(fake.address, timeout=30)
+    assert client.session_id == "00" * 16
     client.close()
     assert fake.wait_closed()
-    assert fake.received == [MessageType.HELLO, MessageType.KEYS, MessageType.BYE]
+    assert fake.received == ["GetLayout", "UploadKeys"]
     assert set(fake.key_names) == {"relin_keys", "galois_keys"}  # evaluation keys only, never a secret key
 
 
@@ -463,7 +393,7 @@ def test_client_refuses_parameters_below_128_bit_security(published, change, fie
     assert ("128-bit" in message or "must be one of" in message) and "No key was made or sent" in message
     # the client hung up by itself (the exception, still held here, keeps it from being garbage collected)...
     assert fake.wait_closed()
-    assert MessageType.KEYS not in fake.received  # ...without making or sending any key
+    assert fake.received == ["GetLayout"]  # ...without making or sending any key
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -479,28 +409,43 @@ def test_client_refuses_a_layout_that_disables_its_range_checks(published, chang
     with pytest.raises(ParameterError, match=f"layout.{field}") as refused:
         HEClient(fake.address, timeout=30)
     assert "No key was made or sent" in str(refused.value)
-    assert fake.wait_closed() and MessageType.KEYS not in fake.received  # closed by the client, not by GC
+    assert fake.wait_closed() and fake.received == ["GetLayout"]  # closed by the client, not by GC
+
+
+def _record_sends(client: HEClient) -> list[tuple]:
+    """The Evaluate calls ``client`` makes from now on (its channel's calls, recorded)."""
+    calls: list[tuple] = []
+    channel = client._conn
+    real = channel.evaluate
+
+    def evaluate(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    channel.evaluate = evaluate  # type: ignore[method-assign]
+    return calls
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
-def test_client_refuses_non_finite_inputs_before_sending_anything(served, digits, bad) -> None:
+def test_client_refuses_non_finite_inputs_before_sending_anything(served, digits, assert_answers, bad) -> None:
     server, model = served
     with HEClient(server.address) as client:
         x = digits.x_test[:2].clone()
         x[1, 0, 3, 4] = bad
-        sent, queries = client._conn.bytes_out, server.stats.queries
+        sends, queries = _record_sends(client), server.stats.queries
         with pytest.raises(ParameterError, match="NaN or infinite"):
             client.predict(x)
-        assert client._conn.bytes_out == sent and server.stats.queries == queries  # nothing left the client
-        _assert_answers(client.predict(x[:1]), model, x[:1])  # and the client still works
+        assert sends == [] and server.stats.queries == queries  # nothing left the client
+        assert_answers(client.predict(x[:1]), model, x[:1])  # and the client still works
+        assert len(sends) == 1
 
 
-def test_client_refuses_inputs_the_program_cannot_hold(served, digits) -> None:
+def test_client_refuses_inputs_the_program_cannot_hold(served, digits, assert_answers) -> None:
     server, model = served
     with HEClient(server.address) as client:
         low, high = client.layout.input_range  # published by the server: calibration range plus a margin
         span = high - low
-        sent = client._conn.bytes_out
+        sends = _record_sends(client)
         with pytest.raises(ParameterError, match="shape"):
             client.predict(torch.zeros(1, 3, 8, 8))
         for outside in (low - 0.05 * span, high + 0.05 * span, 50.0):  # below the minimum, above the maximum
@@ -508,10 +453,10 @@ def test_client_refuses_inputs_the_program_cannot_hold(served, digits) -> None:
             x[0, 0, 0, 0] = outside
             with pytest.raises(ParameterError, match="calibrated range"):
                 client.predict(x)
-        assert client._conn.bytes_out == sent  # refused at the client: nothing was sent
+        assert sends == []  # refused at the client: nothing was sent
         edge = digits.x_test[:1].clone()
         edge[0, 0, 0, 0], edge[0, 0, 0, 1] = low, high  # the bounds themselves are accepted
-        _assert_answers(client.predict(edge), model, edge)
+        assert_answers(client.predict(edge), model, edge)
 
 
 # -- no secret key anywhere on the server -----------------------------------------------------
@@ -538,13 +483,13 @@ def test_the_secret_key_walk_finds_planted_keys(secret_key_material) -> None:
     assert secret_key_material([{"ctx": context}])[0] == []
 
 
-def test_no_secret_key_is_reachable_from_the_server(served, digits, secret_key_material) -> None:
+def test_no_secret_key_is_reachable_from_the_server(served, digits, assert_answers, secret_key_material) -> None:
     """Walk the server's whole object graph while a keyed client is connected, and after it left."""
     server, model = served
     with HEClient(server.address) as client:
-        _assert_answers(client.predict(digits.x_test[:1]), model, digits.x_test[:1])
-        assert client.session_id in server._sessions  # the walk covers a live session's keys
+        assert_answers(client.predict(digits.x_test[:1]), model, digits.x_test[:1])
+        assert client.session_id in server.handler._sessions  # the walk covers a live session's keys
         found, visited = secret_key_material(server)
         assert found == [], found
-        assert visited > 100  # it did walk the program, sessions and connections
+        assert visited > 100  # it did walk the program, sessions and the gRPC service
     assert secret_key_material(server)[0] == []

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.common.wire import (
+    HEADER,
     HEADER_SIZE,
     MAGIC,
     Frame,
@@ -77,6 +78,23 @@ def test_header_fields_are_checked(field: str, value: object, code: str) -> None
     with pytest.raises(ProtocolError) as info:
         decode_header(header)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("meta", [
+    '{"id":%s}', '{"blobs":[%s]}', '[%s]', '{"a":{"b":[1,-%s]}}',
+], ids=["value", "blob-size", "not-an-object", "nested-negative"])
+def test_huge_json_integers_are_bad_meta(meta: str) -> None:
+    """Python refuses to parse an integer of more than 4,300 digits (ValueError): a malformed frame, not a crash."""
+    raw = (meta % ("9" * 5000)).encode()
+    frame = HEADER.pack(MAGIC, 1, int(MessageType.QUERY), 0, len(raw), 0) + raw
+    with pytest.raises(ProtocolError) as info:
+        decode(frame)
+    assert info.value.code == "bad-meta"
+    fits = (meta % ("9" * 4000)).encode()  # below the limit: parsed (and then checked like any metadata)
+    try:
+        decode(HEADER.pack(MAGIC, 1, int(MessageType.QUERY), 0, len(fits), 0) + fits)
+    except ProtocolError as exc:
+        assert exc.code == "bad-meta" and "not UTF-8 JSON" not in str(exc)
 
 
 def test_blob_sizes_must_match_the_body() -> None:
