@@ -29,7 +29,14 @@ from typing import Any
 
 from protocols.he.state import Client, ServerState
 from secure_infer._errors import ParameterError, ProtocolError
-from secure_infer.backends.tenseal import ServerContext, from_bytes, galois_element, to_bytes
+from secure_infer.backends.tenseal import (
+    SecretKeyInContext,
+    ServerContext,
+    from_bytes,
+    galois_element,
+    screen_tenseal_context,
+    to_bytes,
+)
 
 PROTOCOL = 2
 # what a client may upload: evaluation keys only; a public key is accepted and dropped (the server never encrypts)
@@ -173,6 +180,13 @@ class InferenceHandler:
         elif fmt == "tenseal-context":
             if len(blobs) != 1:
                 raise ProtocolError("a tenseal-context key upload carries exactly one blob", code="bad-keys")
+            try:  # before TenSEAL parses it: TenSEAL builds (even generates) whatever the bytes ask for
+                screen_tenseal_context(blobs[0][1], self.program.server.context)
+            except SecretKeyInContext as exc:
+                raise ProtocolError(str(exc), code="secret-key-refused") from None
+            except ValueError as exc:
+                raise ProtocolError(f"the key blob is not a TenSEAL context for this layout: {exc}",
+                                    code="bad-keys") from None
             raw = self._from_tenseal_context(blobs[0][1])
         else:
             raise ProtocolError(f"key format {fmt!r}: must be 'seal' or 'tenseal-context'", code="bad-keys")

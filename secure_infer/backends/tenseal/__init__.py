@@ -25,9 +25,11 @@ from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
 from secure_infer.backends.tenseal._params import CKKSParameters, choose, choose_square_chain
 from secure_infer.backends.tenseal._rules import RULES
 from secure_infer.backends.tenseal._seal import (
+    SecretKeyInContext,
     ServerContext,
     from_bytes,
     galois_element,
+    screen_tenseal_context,
     serialized_size,
     to_bytes,
 )
@@ -339,5 +341,5 @@ def _factory() -> Backend:
     return TensealBackend()
 
 
-__all__ = ["MODES", "CKKSParameters", "Layout", "LayoutClient", "ServerContext", "TensealBackend", "TensealProgram",
-           "from_bytes", "galois_element", "to_bytes"]
+__all__ = ["MODES", "CKKSParameters", "Layout", "LayoutClient", "SecretKeyInContext", "ServerContext", "TensealBackend",
+           "TensealProgram", "from_bytes", "galois_element", "screen_tenseal_context", "to_bytes"]

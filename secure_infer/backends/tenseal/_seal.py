@@ -78,6 +78,93 @@ def from_bytes(kind: str, context: Any, data: bytes) -> Any:
     return obj
 
 
+class SecretKeyInContext(ValueError):
+    """A serialized TenSEAL context that carries private members (a secret key, or key-generation flags)."""
+
+
+def _proto_fields(data: bytes) -> list[tuple[int, int, bytes | int]]:
+    """Top-level fields of a protobuf message: (number, wire type, value); ``ValueError`` if malformed."""
+
+    def varint(at: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            if at >= len(data) or shift > 63:
+                raise ValueError("truncated or overlong varint")
+            byte = data[at]
+            value |= (byte & 0x7F) << shift
+            at, shift = at + 1, shift + 7
+            if not byte & 0x80:
+                return value, at
+
+    fields: list[tuple[int, int, bytes | int]] = []
+    at = 0
+    while at < len(data):
+        key, at = varint(at)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, at = varint(at)
+            fields.append((number, wire, value))
+        elif wire in (1, 2, 5):
+            size, at = varint(at) if wire == 2 else ({1: 8, 5: 4}[wire], at)
+            if at + size > len(data):
+                raise ValueError(f"field {number} runs past the end")
+            fields.append((number, wire, data[at : at + size]))
+            at += size
+        else:
+            raise ValueError(f"wire type {wire}")
+    return fields
+
+
+def screen_tenseal_context(blob: bytes, context: Any) -> None:
+    """Refuse a serialized TenSEAL context before TenSEAL parses it.
+
+    TenSEAL's ``context_from`` builds whatever the bytes ask for before anyone
+    can look at the result: a SEAL context for any parameters (up to N=32768
+    and 881-bit moduli), and, when the bytes carry a secret key and set the
+    ``galois_keys_generated``/``relin_keys_generated`` flags, it *generates*
+    every power-of-two Galois key for those parameters. A 0.9 MB upload at
+    N=16384 cost 3.7 s and 538 MB (measured); N=32768 with its 881-bit modulus
+    would take several GB per request (extrapolated), enough for a few
+    concurrent uploads to take a server down. So, from the outer
+    protobuf (``TenSEALContextProto``) alone: any private member (field 3) is
+    :class:`SecretKeyInContext`; the encryption parameters (field 1) are
+    loaded by SEAL on their own (small, bounded) and must be CKKS with the
+    ring degree and primes of ``context`` (a SEAL context), else ``ValueError``.
+    Only then may TenSEAL build a context, of the size the server already runs.
+    """
+    try:
+        fields = _proto_fields(blob)
+    except ValueError as exc:
+        raise ValueError(f"malformed protobuf ({exc})") from None
+    if any(number == 3 for number, _, _ in fields):
+        raise SecretKeyInContext("the uploaded TenSEAL context carries private members (a secret key): serialize "
+                                 "it with save_secret_key=False (or call make_context_public()) and send it again")
+    params_blobs = [value for number, _, value in fields if number == 1 and isinstance(value, bytes)]
+    if not params_blobs:
+        raise ValueError("the TenSEAL context has no encryption parameters")
+    seal = _seal()
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.NONE)  # load() replaces it
+    fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(params_blobs[-1])  # protobuf: the last occurrence of a field wins
+        parms.load(path)
+    except Exception as exc:  # SEAL's load raises several types on bad bytes
+        raise ValueError(f"its encryption parameters are not valid SEAL: {exc}") from None
+    finally:
+        os.unlink(path)
+    ours = context.key_context_data().parms()
+    theirs_primes = [m.value() for m in parms.coeff_modulus()]
+    ours_primes = [m.value() for m in ours.coeff_modulus()]
+    if (parms.scheme() != seal.SCHEME_TYPE.CKKS or parms.poly_modulus_degree() != ours.poly_modulus_degree()
+            or theirs_primes != ours_primes):
+        raise ValueError(f"its encryption parameters (scheme {parms.scheme().name}, N={parms.poly_modulus_degree()}, "
+                         f"{len(theirs_primes)} primes) are not the layout's (CKKS, N={ours.poly_modulus_degree()}, "
+                         f"primes {[p.bit_length() for p in ours_primes]} bits)")
+
+
 def serialized_size(obj: Any) -> int:
     """Bytes ``obj`` takes in SEAL's (compressed) serialization."""
     return len(to_bytes(obj))
