@@ -512,7 +512,10 @@ def _instrumented_imports() -> None:
         import protocols.he.handler  # noqa: F401
         import protocols.he.proto.inference_pb2  # noqa: F401
     import secure_infer._errors
-    import secure_infer.backends.tenseal._seal as seal_layer
+    from secure_infer.backends.tenseal import from_bytes
+
+    # the module behind the backend's public SEAL helpers, reached through a public name
+    seal_layer = sys.modules[from_bytes.__module__]
 
     atheris.instrument_func(server_view)
     for probe in OUTCOME_PROBES:
