@@ -3,7 +3,9 @@
 CrypTen moves shares; the parties also need a little public metadata before
 they can start: the model architecture's name and shapes, the input shape,
 the shapes of each data owner's training data. That travels as UTF-8 JSON in
-a uint8 tensor, length first, through the same process group.
+a uint8 tensor, length first, through the same process group. Parties over
+TLS links have no process group: their group (a ``TLSGroup``) carries the
+same JSON over the links.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from typing import Any
 
 import torch
 
+from secure_infer.backends.crypten import TLSGroup
+
 
 def broadcast_json(value: Any, *, src: int, rank: int, group: Any = None) -> Any:
     """``value`` from rank ``src`` to every party (others pass ``None``)."""
     import torch.distributed as dist
+
+    if isinstance(group, TLSGroup):
+        return group.broadcast_json(value, src=src)
 
     if rank == src:
         data = json.dumps(value, allow_nan=False).encode("utf-8")

@@ -1,4 +1,4 @@
-"""MPC parties as separate processes or hosts, over torch.distributed's own rendezvous."""
+"""MPC parties as separate processes or hosts, over torch.distributed's own rendezvous or mutually authenticated TLS links."""
 
 from protocols.mpc.launch import LaunchResult, launch_local, local_parties, party_command
 from protocols.mpc.party import PartyConfig, PartyOutcome, run_party

@@ -36,8 +36,19 @@ def run_one_party(printer: Output, config: PartyConfig, summary: Path | None) ->
 def party_command(
     rank: Annotated[int, typer.Option(help="this party's rank; the dealer is rank = world size")],
     world_size: Annotated[int, typer.Option(help="computing parties (the dealer not counted)")],
-    master: Annotated[str, typer.Option(help="HOST:PORT of rank 0's rendezvous")],
     role: Annotated[str, typer.Option(help="model-owner, data-owner, helper or dealer")],
+    master: Annotated[str, typer.Option(
+        help="HOST:PORT of rank 0's gloo rendezvous (unauthenticated, unencrypted); not with --tls-*")] = "",
+    peers: Annotated[str, typer.Option(
+        help="TLS: every computing party's HOST:PORT, comma-separated in rank order, the same list at "
+             "every party; this party listens at its own entry")] = "",
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="TLS: this party's certificate, party-RANK.pem from `secure-infer certs DIR --parties N`")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS: this party's private key, party-RANK.key")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        help="TLS: the deployment's ca.pem; only parties with a certificate it signed for their rank may join")] = None,
+    tls_listen: Annotated[str | None, typer.Option(
+        help="TLS: HOST:PORT to listen at instead of this party's --peers entry (e.g. 0.0.0.0:PORT behind NAT)")] = None,
     task: Annotated[str, typer.Option(help="infer or train")] = "infer",
     model: Annotated[Path | None, typer.Option(help="model owner: a file from `zoo train`")] = None,
     inputs: Annotated[str | None, typer.Option("--input", help="data owner: .npy or DATASET:START-END")] = None,
@@ -53,10 +64,17 @@ def party_command(
     weights_to: Annotated[int, typer.Option(help="train: the rank that receives the weights")] = 0,
     summary: Annotated[Path | None, typer.Option(help="write this party's outcome as JSON")] = None,
 ) -> None:
-    """Run one MPC party; start one per rank, on this host or others (torch.distributed rendezvous)."""
+    """Run one MPC party; start one per rank, on this host or others.
+
+    Parties meet at rank 0's --master (torch.distributed's gloo rendezvous: no
+    authentication, no encryption), or over mutually authenticated TLS 1.3
+    links with --tls-cert/--tls-key/--tls-ca and --peers (no dealer then).
+    """
     config = PartyConfig(rank=rank, world_size=world_size, master=master, role=role, task=task, model=model,
                          input=inputs, output=output, data=data, dealer=dealer, timeout=timeout, hidden=hidden,
-                         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weights_to=weights_to)
+                         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weights_to=weights_to,
+                         peers=tuple(p.strip() for p in peers.split(",") if p.strip()), tls_cert=tls_cert,
+                         tls_key=tls_key, tls_ca=tls_ca, tls_listen=tls_listen)
     run_one_party(Output(), config, summary)
 
 

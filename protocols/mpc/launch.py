@@ -32,10 +32,16 @@ __all__ = ["LaunchResult", "launch_local", "local_parties", "party_command"]
 def party_command(config: PartyConfig, summary: Path | None = None) -> list[str]:
     """The ``secure-infer party`` command line for ``config``."""
     cmd = [sys.executable, "-m", "protocols.cli", "party", "--rank", str(config.rank),
-           "--world-size", str(config.world_size), "--master", config.master, "--role", config.role,
+           "--world-size", str(config.world_size), "--role", config.role,
            "--task", config.task, "--timeout", str(config.timeout)]
+    if config.master:
+        cmd += ["--master", config.master]
+    if config.peers:
+        cmd += ["--peers", ",".join(config.peers)]
     for flag, value in (("--model", config.model), ("--input", config.input), ("--output", config.output),
-                        ("--data", config.data), ("--summary", summary)):
+                        ("--data", config.data), ("--summary", summary), ("--tls-cert", config.tls_cert),
+                        ("--tls-key", config.tls_key), ("--tls-ca", config.tls_ca),
+                        ("--tls-listen", config.tls_listen)):
         if value is not None:
             cmd += [flag, str(value)]
     if config.dealer:
@@ -172,10 +178,24 @@ def launch_local(configs: list[PartyConfig], workdir: Path, *, grace: float = 18
 
 
 def local_parties(world_size: int, *, task: str, dealer: bool = False, port: int | None = None,
-                  **fields: Any) -> list[PartyConfig]:
-    """Configs for every party of a job on this host (``fields`` go to each; per-rank ones via ``per_rank``)."""
+                  tls: Path | None = None, **fields: Any) -> list[PartyConfig]:
+    """Configs for every party of a job on this host (``fields`` go to each; per-rank ones via ``per_rank``).
+
+    ``tls``: a folder from ``secure-infer certs DIR --parties N``; the parties
+    then meet over TLS links at free local ports instead of the gloo rendezvous.
+    """
     per_rank: dict[int, dict[str, Any]] = fields.pop("per_rank", {})
-    master = f"127.0.0.1:{port or free_port()}"
+    if tls is not None:
+        ports: list[int] = []
+        while len(ports) < world_size:  # each party its own port
+            if (candidate := free_port()) not in ports:
+                ports.append(candidate)
+        peers = tuple(f"127.0.0.1:{p}" for p in ports)
+        for rank in range(world_size):
+            per_rank[rank] = {"peers": peers, "tls_cert": Path(tls) / f"party-{rank}.pem",
+                              "tls_key": Path(tls) / f"party-{rank}.key", "tls_ca": Path(tls) / "ca.pem",
+                              **per_rank.get(rank, {})}
+    master = "" if tls is not None else f"127.0.0.1:{port or free_port()}"
     configs = []
     for rank in range(world_size + (1 if dealer else 0)):
         own = dict(fields) | per_rank.get(rank, {})

@@ -1,8 +1,12 @@
 """One MPC party, run on its own (``secure-infer party``): on this host or another.
 
 Parties find each other through torch.distributed's own TCP rendezvous at
-``--master HOST:PORT`` (rank 0 listens there); no other cluster layer. Each
-party reads only its own files:
+``--master HOST:PORT`` (rank 0 listens there; no authentication, no
+encryption), or, with ``--tls-cert/--tls-key/--tls-ca`` and ``--peers``, over
+mutually authenticated TLS 1.3 links: every party listens at its own
+``--peers`` entry, dials the others, and admits only certificates the
+deployment's CA signed for the rank they claim (``secure-infer certs DIR
+--parties N``). No other cluster layer. Each party reads only its own files:
 
 * task ``infer``: rank 0, the **model owner**, reads the model file (a zoo
   model saved by ``secure-infer zoo train``); rank 1, the **data owner**, reads
@@ -18,6 +22,8 @@ party reads only its own files:
 
 A peer that dies makes the others fail with a :class:`PartyFailure` naming
 the phase within ``--timeout`` seconds (gloo's own default is 30 minutes).
+Over TLS there is no dealer (``--dealer`` is refused: CrypTen's dealer
+pickles its requests over torch.distributed).
 
 Each party prints one line as it enters each phase (``rendezvous``, then
 ``inference``/``training`` or ``dealing``, then ``shutdown``), e.g.
@@ -51,6 +57,7 @@ from secure_infer.backends.crypten import (
     ROLES,
     PartySession,
     PartySettings,
+    TLSLinks,
     role_of,
     run_crypten_party,
 )
@@ -67,11 +74,17 @@ class PartyConfig:
     Attributes:
         rank: this party's rank (0..world_size-1; world_size for the dealer).
         world_size: computing parties (the dealer not counted).
-        master: ``HOST:PORT`` of rank 0's rendezvous.
+        master: ``HOST:PORT`` of rank 0's gloo rendezvous (``""`` over TLS).
         role: ``model-owner``, ``data-owner``, ``helper`` or ``dealer``.
         task: ``infer`` or ``train``.
         model, input, output, data: this party's own files (see module doc).
         timeout: seconds any collective may wait for a peer.
+        peers: over TLS, ``HOST:PORT`` of every computing party in rank order
+            (the same list at every party); this party listens at its own entry.
+        tls_cert, tls_key, tls_ca: this party's certificate and key (common
+            name ``party-RANK``) and the deployment's CA; all three switch TLS on.
+        tls_listen: ``HOST:PORT`` to listen at instead of this party's ``peers``
+            entry (``0.0.0.0:PORT`` behind NAT).
     """
 
     rank: int
@@ -92,15 +105,62 @@ class PartyConfig:
     seed: int = 0
     weights_to: int = 0
     threads: int = 1
+    peers: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_listen: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether this party meets the others over TLS links (any ``--tls-*`` given)."""
+        return any(v is not None for v in (self.tls_cert, self.tls_key, self.tls_ca))
 
     @property
     def address(self) -> tuple[str, int]:
-        host, sep, port = self.master.rpartition(":")
+        """The gloo rendezvous; over TLS, rank 0's ``--peers`` entry (informational)."""
+        where, flag = (self.peers[0], "--peers") if self.tls and self.peers else (self.master, "--master")
+        host, sep, port = where.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ParameterError(f"--master {self.master!r} must look like HOST:PORT (rank 0's address)")
-        return host, int(port)
+            raise ParameterError(f"{flag} {where!r} must look like HOST:PORT (rank 0's address)")
+        return host.removeprefix("[").removesuffix("]"), int(port)
+
+    def tls_links(self) -> TLSLinks | None:
+        """The TLS links of this party, or None for the gloo rendezvous."""
+        if not self.tls:
+            return None
+        return TLSLinks(tuple(self.peers), Path(str(self.tls_cert)), Path(str(self.tls_key)), Path(str(self.tls_ca)),
+                        timeout=self.timeout, listen=self.tls_listen)
+
+    def _validate_transport(self) -> None:
+        if not self.tls:
+            if self.peers or self.tls_listen:
+                raise ParameterError("--peers and --tls-listen are for TLS links: add --tls-cert, --tls-key and "
+                                     "--tls-ca (or leave them out and use --master)")
+            if not self.master:
+                raise ParameterError("give --master HOST:PORT (the gloo rendezvous) or the TLS options "
+                                     "--tls-cert/--tls-key/--tls-ca with --peers")
+            return
+        missing = [flag for flag, v in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                                        ("--tls-ca", self.tls_ca)) if v is None]
+        if missing:
+            raise ParameterError(f"TLS links need --tls-cert, --tls-key and --tls-ca; missing {', '.join(missing)}")
+        if self.master:
+            raise ParameterError("--master is the unauthenticated gloo rendezvous; over TLS the parties meet at "
+                                 "--peers instead: drop --master")
+        if self.dealer or self.role == "dealer":
+            raise ParameterError("--dealer cannot run over TLS links: CrypTen's trusted dealer pickles its requests "
+                                 "over torch.distributed. Run without the dealer")
+        if len(self.peers) != self.world_size:
+            raise ParameterError(f"--peers lists {len(self.peers)} addresses for --world-size {self.world_size}: "
+                                 "give one HOST:PORT per rank, in rank order, the same list at every party")
+        links = self.tls_links()
+        assert links is not None
+        if 0 <= self.rank < self.world_size:
+            links.validate(self.rank)  # addresses, files, and that the certificate is this rank's
 
     def validate(self) -> None:
+        self._validate_transport()
         self.address  # noqa: B018  (parses, raising on a bad value)
         if self.task not in TASKS:
             raise ParameterError(f"--task must be one of {TASKS}, got {self.task!r}")
@@ -167,7 +227,8 @@ def run_party(config: PartyConfig, *, on_phase: Callable[[PartyConfig, str], Non
     host, port = config.address
     started = time.perf_counter()
     settings = PartySettings(config.rank, config.world_size, host, port, dealer=config.dealer,
-                             timeout=config.timeout, threads=config.threads, role=config.role)
+                             timeout=config.timeout, threads=config.threads, role=config.role,
+                             tls=config.tls_links())
     task = _infer if config.task == "infer" else _train
 
     def work(session: PartySession) -> tuple[dict[str, Any], dict[str, Any]]:

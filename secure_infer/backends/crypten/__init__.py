@@ -15,7 +15,12 @@ benchmarks); its underscore modules are its own:
 * :class:`PartyPool` and :class:`PartyJob`: party processes started from this
   process, kept up across calls or running one job;
 * :class:`PartyProgram` and :func:`weightless`: a graph evaluated on shares,
-  and the weightless copy every party but the model owner builds it from.
+  and the weightless copy every party but the model owner builds it from;
+* :class:`TLSLinks`, :func:`init_tls_communicator` and
+  :func:`shutdown_tls_communicator`: parties that meet over mutually
+  authenticated TLS 1.3 links instead of the gloo rendezvous
+  (``PartySettings(tls=...)``); :class:`TLSGroup` is their group for public
+  metadata, :func:`tls_communicator_active` says whether CrypTen uses them.
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ from secure_infer.backends.crypten._runtime import (
     phase_line,
     role_of,
     run_crypten_party,
+)
+from secure_infer.backends.crypten._tls import (
+    TLSGroup,
+    TLSLinks,
+    init_tls_communicator,
+    shutdown_tls_communicator,
+    tls_communicator_active,
 )
 from secure_infer.ir import Conversion, Graph
 
@@ -256,11 +268,16 @@ __all__ = [
     "PartyProgram",
     "PartySession",
     "PartySettings",
+    "TLSGroup",
+    "TLSLinks",
     "free_port",
+    "init_tls_communicator",
     "native_crypten",
     "parse_phase_line",
     "phase_line",
     "role_of",
     "run_crypten_party",
+    "shutdown_tls_communicator",
+    "tls_communicator_active",
     "weightless",
 ]

@@ -4,7 +4,9 @@ Every CrypTen party runs through :func:`run_crypten_party`, however it was
 started: the processes a :class:`~secure_infer.backends.crypten._pool.PartyPool`
 starts for ``wrap(..., backend="crypten")``, and the ``secure-infer party``
 process started by hand on each host (``protocols.mpc``). It brings up
-torch.distributed and CrypTen for one rank, announces each phase, runs the
+CrypTen for one rank, over torch.distributed (gloo) or, with
+``PartySettings(tls=TLSLinks(...))``, over mutually authenticated TLS links
+(:mod:`~secure_infer.backends.crypten._tls`), announces each phase, runs the
 caller's work, and tears down; a failure becomes a :class:`PartyFailure` that
 names the party, its role and the phase.
 
@@ -23,7 +25,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from secure_infer._errors import ParameterError, PartyFailure
+from secure_infer._errors import ParameterError, PartyFailure, ProtocolError
+from secure_infer.backends.crypten._tls import (
+    DEALER_REFUSED,
+    TLSLinks,
+    init_tls_communicator,
+    shutdown_tls_communicator,
+)
 
 T = TypeVar("T")
 
@@ -106,6 +114,10 @@ class PartySettings:
         precision_bits: CrypTen's fixed-point fractional bits.
         role: the name in phase lines and errors, from :data:`ROLES`;
             :func:`role_of` by default.
+        tls: meet over mutually authenticated TLS links (addresses, this
+            party's certificate and key, the CA) instead of the gloo
+            rendezvous at ``master_addr:master_port``, which is then unused.
+            No dealer then.
     """
 
     rank: int
@@ -117,12 +129,19 @@ class PartySettings:
     threads: int = 1
     precision_bits: int = 16
     role: str = ""
+    tls: TLSLinks | None = None
 
     def __post_init__(self) -> None:
         if not self.role:
             object.__setattr__(self, "role", role_of(self.rank, self.world_size))
         if self.role not in ROLES:
             raise ParameterError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.tls is not None:
+            if self.dealer:
+                raise ParameterError(DEALER_REFUSED)
+            if len(self.tls.peers) != self.world_size:
+                raise ParameterError(f"TLS links list {len(self.tls.peers)} peer addresses for {self.world_size} "
+                                     "parties: give one HOST:PORT per rank")
 
     @property
     def is_dealer(self) -> bool:
@@ -155,7 +174,8 @@ class PartySession:
 
     @property
     def group(self) -> Any:
-        """The torch.distributed group of the computing parties (for public metadata between them)."""
+        """The computing parties' group for public metadata: a torch.distributed group over gloo,
+        a :class:`~secure_infer.backends.crypten.TLSGroup` over TLS links."""
         return self._comm.main_group
 
     def reset_stats(self) -> None:
@@ -213,13 +233,21 @@ def run_crypten_party(settings: PartySettings, work: Callable[[PartySession], T]
     CrypTen is torn down. ``on_phase(phase)`` is called as it enters each;
     by default it prints :func:`phase_line`.
 
+    Over TLS links (``settings.tls``) a peer refused at the rendezvous (a
+    certificate the CA did not sign, or of another rank) fails it at once; a
+    party that fails closes its links, so its peers fail at once too.
+
     Raises:
+        ParameterError: ``settings.tls`` names missing files or a certificate
+            of another rank (before any peer is contacted).
         PartyFailure: when a peer died or stopped answering (within
             ``settings.timeout``), or ``work`` failed on a peer error; the
             message names this party, its role and the phase, and ``details``
             holds the traceback. The party is not torn down then: its gloo
             threads may still wait on the dead peer, so the process should exit.
     """
+    if settings.tls is not None:
+        settings.tls.validate(settings.rank)
     enter = on_phase if on_phase is not None else (lambda name: announce(settings, name))
     current = "rendezvous"
     enter(current)
@@ -231,7 +259,10 @@ def run_crypten_party(settings: PartySettings, work: Callable[[PartySession], T]
             crypten.mpc.provider.TTPServer()  # returns when rank 0 sends "terminate"
             return None
         started = time.perf_counter()
-        crypten.init()
+        if settings.tls is not None:
+            init_tls_communicator(settings.rank, settings.tls)  # crypten.init() over the TLS links
+        else:
+            crypten.init()
         session = PartySession(settings, crypten, started)
         session.reset_stats()
         current = phase
@@ -239,9 +270,23 @@ def run_crypten_party(settings: PartySettings, work: Callable[[PartySession], T]
         result = work(session)
         current = "shutdown"
         enter(current)
-        crypten.uninit()
+        if settings.tls is not None:
+            shutdown_tls_communicator()
+        else:
+            crypten.uninit()
         return result
+    except (PartyFailure, ProtocolError) as exc:  # from the TLS links: they name the peer and the cause
+        if settings.tls is not None:
+            shutdown_tls_communicator()  # peers waiting on this party fail at once, not after their timeout
+        text = str(exc)
+        for prefix in (f"party {settings.rank} cannot join: ", f"party {settings.rank}: "):
+            text = text.removeprefix(prefix)
+        failure = PartyFailure(f"{settings.name} failed during {current}: {text}")
+        failure.details = traceback.format_exc()
+        raise failure from exc
     except PEER_ERRORS as exc:
+        if settings.tls is not None:
+            shutdown_tls_communicator()
         text = str(exc).strip()
         cause = text.splitlines()[0] if text else type(exc).__name__
         limit = f" (collective timeout {settings.timeout:.0f} s)" if settings.timeout is not None else ""
