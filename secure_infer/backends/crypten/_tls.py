@@ -1089,7 +1089,7 @@ class _TLSCommunicatorMethods:
             for tensor in tensors:
                 self.mesh.send(dst, KIND_TENSOR, tensor)
         parts = {r: [self._recv_like(t, r, what) for t in tensors] for r in self._others()}
-        parts[self.rank] = [t.clone() for t in tensors]
+        parts[self.rank] = tensors  # not modified: every combine makes a new tensor (world size >= 2)
         results = []
         for i in range(len(tensors)):
             acc = parts[0][i]
