@@ -8,7 +8,7 @@ output-based attacks see the same outputs either way, and the numbers show it.
 * :mod:`.extraction` — surrogate training from the answers, against the query budget
 * :mod:`.inversion` — class representatives from confidences (Fredrikson et al.), MSE and SSIM
 * :mod:`.input_privacy` — what the server observes (input, ciphertext, shares) and what it reveals
-* :mod:`.defences` — label-only, rounded, top-k outputs; :mod:`.dp` — DP-SGD through Opacus
+* :mod:`.defences` — label-only, rounded, top-k outputs, a per-client query budget; :mod:`.dp` — DP-SGD through Opacus
 * :mod:`.suite` — all of them against every serving configuration (``secure-infer attack``)
 """
 

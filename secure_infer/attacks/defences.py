@@ -2,14 +2,16 @@
 
 Each wraps a query function (inputs -> logits) and returns log-probabilities
 of what it reveals, so every attack reads them as it reads logits. They do not
-change the top-1 answer, only what comes with it.
+change the top-1 answer, only what comes with it. :func:`budgeted` limits
+how much is answered instead: a query budget, as the HE server enforces it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from secure_infer.attacks.membership import Query
+from secure_infer._errors import ParameterError, ProtocolError
+from secure_infer.attacks.membership import BUDGET_EXHAUSTED, Query
 
 _FLOOR = 1e-6  # probability given to what is not revealed, so logs stay finite
 
@@ -47,3 +49,49 @@ def top_k(query: Query, k: int = 1) -> Query:
         return masked.log()
 
     return served
+
+
+class Budgeted:
+    """A query interface with a budget of ``budget`` inputs in all: see :func:`budgeted`.
+
+    Attributes:
+        budget: inputs it answers in all.
+        used: inputs answered so far.
+        refused: requests refused so far.
+    """
+
+    def __init__(self, query: Query, budget: int) -> None:
+        if budget < 0:
+            raise ParameterError(f"a query budget is a number of inputs >= 0, got {budget}")
+        self.query = query
+        self.budget = int(budget)
+        self.used = 0
+        self.refused = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.used
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = len(x)
+        if self.used + inputs > self.budget:
+            self.refused += 1
+            raise ProtocolError(f"this client has used {self.used} of its budget of {self.budget} inputs; this "
+                                f"request needs {inputs}", code=BUDGET_EXHAUSTED)
+        out = self.query(x)
+        self.used += inputs
+        return out
+
+
+def budgeted(query: Query, budget: int) -> Budgeted:
+    """Answer ``budget`` inputs in all, then refuse: the per-client budget of ``secure-infer serve --state``.
+
+    Each call is one request charged one input per row (the server's latency
+    mode). A request that would go over the budget is refused whole, nothing
+    of it answered and nothing charged, with a :class:`~secure_infer.ProtocolError`
+    whose ``code`` is ``"budget-exhausted"``, the code the HE client raises for
+    the server's refusal; a later request that still fits is answered, as the
+    server does. The attacks stop at the first refused single input, so each
+    uses at most ``budget`` inputs and reports what it achieved with them.
+    """
+    return Budgeted(query, budget)

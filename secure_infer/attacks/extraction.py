@@ -5,7 +5,9 @@ back (full confidences, or only the top label), and trains a surrogate on
 that. Fidelity is the surrogate's argmax agreement with the victim on held-out
 inputs; utility is its own test accuracy. Both are reported against the query
 budget (Tramèr et al. 2016; Orekondy et al. 2019 for soft-label training).
-Encrypting the queries changes none of this: the answers are the same.
+Encrypting the queries changes none of this: the answers are the same. A
+server that caps a client's queries does: the attack gets as many answers as
+the cap allows and reports its fidelity there.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from secure_infer._errors import ParameterError
-from secure_infer.attacks.membership import Query, _outputs
+from secure_infer.attacks.membership import Query, _answered
 
 ANSWERS = ("confidences", "labels")
 
@@ -60,6 +62,12 @@ def extraction_attack(query: Query, pool: torch.Tensor, *, budgets: Sequence[int
                       answers: str = "confidences", epochs: int = 150, seed: int = 0) -> list[ExtractionPoint]:
     """Query ``query`` on the first ``max(budgets)`` pool inputs once, then train a surrogate per budget.
 
+    When ``query`` refuses with ``budget-exhausted`` (a capped client, see
+    :func:`.defences.budgeted`), the attack keeps the answers it got: the
+    budgets beyond them are dropped and one point is added at the number of
+    answers, so the last point is the fidelity at the cap. No answer at all
+    gives no point.
+
     Args:
         victim_on_eval: the victim's outputs on ``eval_x`` (the measurement's
             reference, not part of the attacker's budget).
@@ -71,7 +79,9 @@ def extraction_attack(query: Query, pool: torch.Tensor, *, budgets: Sequence[int
     budgets = sorted(int(b) for b in budgets)
     if not budgets or budgets[0] < 1 or budgets[-1] > len(pool):
         raise ParameterError(f"budgets must lie in 1..{len(pool)} (the attacker's pool)")
-    replies = _outputs(query, pool[: budgets[-1]])
+    replies = _answered(query, pool[: budgets[-1]])
+    if len(replies) < budgets[-1]:  # capped: what the answers obtained can train
+        budgets = [b for b in budgets if b < len(replies)] + ([len(replies)] if len(replies) else [])
     reference = victim_on_eval.argmax(1)
     points = []
     for budget in budgets:

@@ -5,7 +5,8 @@ descent on the input, maximising the model's confidence in that class. Here
 the attacker has query access only (the same as against encrypted serving),
 so the gradient is estimated from the answers by central finite differences:
 ``2 x input size`` queries per step, sent as one batch. Success is measured
-against the true class mean of the training data: MSE and SSIM.
+against the true class mean of the training data: MSE and SSIM. Under a query
+budget the ascent stops at the first refused step and keeps what it reached.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from secure_infer.attacks.membership import Query
+from secure_infer._errors import ProtocolError
+from secure_infer.attacks.membership import Query, is_budget_refusal
 
 
 def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 1.0, window: int = 3) -> float:
@@ -67,7 +69,9 @@ def invert_classes(query: Query, targets: list[int], shape: tuple[int, ...], *, 
     Every step sends one batch: ``2 x input size`` probes per target, so an
     encrypted server evaluates all of them in one request. Each pixel moves by
     at most ``lr`` per step (normalised by the largest gradient entry).
-    Returns the reconstructions ``(len(targets), *shape)`` and the queries used.
+    Returns the reconstructions ``(len(targets), *shape)`` and the queries used
+    (fewer than ``steps`` steps' worth when a budget refuses a step: the
+    reconstructions are then where the last answered step left them).
     """
     low, high = bounds
     first = start.reshape(-1).double() if start is not None else torch.full((math.prod(shape),), (low + high) / 2)
@@ -77,8 +81,13 @@ def invert_classes(query: Query, targets: list[int], shape: tuple[int, ...], *, 
     queries = 0
     for _ in range(steps):
         probes = torch.cat([torch.cat([row + basis, row - basis]) for row in x]).clamp(low, high)
-        with torch.no_grad():
-            out = torch.log_softmax(query(probes.reshape(len(probes), *shape).float()).double(), dim=1)
+        try:
+            with torch.no_grad():
+                out = torch.log_softmax(query(probes.reshape(len(probes), *shape).float()).double(), dim=1)
+        except ProtocolError as exc:
+            if is_budget_refusal(exc):
+                break
+            raise
         queries += len(probes)
         for t, target in enumerate(targets):
             block = out[t * 2 * d : (t + 1) * 2 * d, target]

@@ -11,6 +11,17 @@ training are what weaken them):
 * LiRA, offline variant (Carlini et al. 2022): per example, the distribution
   of the logit-scaled true-class confidence under shadow models that did *not*
   train on it; score = how far above that distribution the victim's value lies.
+
+Under a query budget (a server that answers a client's first B inputs and then
+refuses, as ``secure-infer serve --state`` does; :func:`.defences.budgeted`
+models it) an attack asks about the candidates in a random order, one order
+for all three attacks, and scores the ones it was answered about. What it
+learns about *all* candidates is what the metrics report: every candidate it
+could not ask about gets the same score, the median of the scores it did get
+(a "don't know" in the middle of its ranking), so with a coverage of c the AUC
+moves towards 0.5 roughly in proportion to 1 - c, and the TPR at a low FPR
+roughly by the factor c. ``queried`` and ``auc_queried`` say how many
+candidates were asked about and how well they were ranked among themselves.
 """
 
 from __future__ import annotations
@@ -22,11 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from secure_infer._errors import ParameterError
+from secure_infer._errors import ParameterError, ProtocolError
 from secure_infer.attacks.metrics import attack_metrics
 from secure_infer.datasets import Dataset
 
 Query = Callable[[torch.Tensor], torch.Tensor]
+
+BUDGET_EXHAUSTED = "budget-exhausted"  # the ProtocolError code of a server's (or .defences.budgeted's) refusal
 
 
 @dataclass(frozen=True)
@@ -42,17 +55,59 @@ class MembershipResult:
     non_members: int
     scores: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     is_member: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    queried: int | None = None  # candidates the query budget let the attack ask about; None: all of them
+    auc_queried: float | None = None  # AUC among the queried candidates alone; None: they hold only one class
+
+    @property
+    def coverage(self) -> float:
+        """Share of the candidates the attack could query (1.0 without a budget)."""
+        total = self.members + self.non_members
+        return 1.0 if self.queried is None or total == 0 else self.queried / total
 
 
-def _scores(query: Query, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Minus the loss of each example under ``query``'s outputs."""
-    return -nn.functional.cross_entropy(_outputs(query, x, batch_size), y, reduction="none").numpy()
+@dataclass(frozen=True)
+class _Answers:
+    """The served outputs on the candidates (members first) the attack could ask about."""
+
+    x: torch.Tensor  # every candidate
+    y: torch.Tensor
+    is_member: np.ndarray
+    asked: np.ndarray  # indices into the candidates, in the order asked
+    outputs: torch.Tensor  # the answers, one row per entry of ``asked``
+
+    @property
+    def asked_y(self) -> torch.Tensor:
+        return self.y[self.asked]
+
+
+def _ask(query: Query, members: tuple[torch.Tensor, torch.Tensor], non_members: tuple[torch.Tensor, torch.Tensor],
+         *, seed: int, batch_size: int = 1024) -> _Answers:
+    """Ask ``query`` about the candidates in a seeded random order until it has answered them all or refuses.
+
+    The attacker does not know who is a member, so under a budget it reaches a
+    random subset; every attack given the same ``seed`` reaches the same one
+    (the answers one client with that budget would get, shared by its attacks).
+    """
+    x = torch.cat([members[0], non_members[0]])
+    y = torch.cat([members[1], non_members[1]])
+    is_member = np.r_[np.ones(len(members[0])), np.zeros(len(non_members[0]))]
+    order = np.random.default_rng(seed).permutation(len(x))
+    outputs = _answered(query, x[torch.from_numpy(order)], batch_size)
+    return _Answers(x, y, is_member, order[: len(outputs)], outputs)
 
 
 def loss_threshold_attack(query: Query, members: tuple[torch.Tensor, torch.Tensor],
-                          non_members: tuple[torch.Tensor, torch.Tensor], *, batch_size: int = 1024) -> MembershipResult:
-    """Score members and non-members by their (negative) loss under ``query``'s outputs."""
-    return _result("loss threshold", _scores(query, *members, batch_size), _scores(query, *non_members, batch_size))
+                          non_members: tuple[torch.Tensor, torch.Tensor], *, batch_size: int = 1024,
+                          seed: int = 0) -> MembershipResult:
+    """Score members and non-members by their (negative) loss under ``query``'s outputs.
+
+    ``seed`` orders the candidates, which matters only when a budget stops the queries.
+    """
+    got = _ask(query, members, non_members, seed=seed, batch_size=batch_size)
+    if not len(got.asked):
+        return _result("loss threshold", got, np.zeros(0))
+    return _result("loss threshold", got,
+                   -nn.functional.cross_entropy(got.outputs, got.asked_y, reduction="none").numpy())
 
 
 def confidence_features(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -78,12 +133,50 @@ def _outputs(query: Query, x: torch.Tensor, batch_size: int = 1024) -> torch.Ten
         return torch.cat([query(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
 
-def _result(name: str, s_in: np.ndarray, s_out: np.ndarray) -> MembershipResult:
-    scores = np.concatenate([s_in, s_out])
-    labels = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
-    m = attack_metrics(scores, labels)
+def is_budget_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is a server's "budget exhausted" refusal (nothing else is caught as one)."""
+    return isinstance(exc, ProtocolError) and exc.code == BUDGET_EXHAUSTED
+
+
+def _answered(query: Query, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """``query``'s outputs on the longest prefix of ``x`` it answers: all of it, unless a budget runs out.
+
+    A refused batch is charged nothing (as the server does), so on a refusal
+    the batch is halved and retried; a refused single input ends the queries.
+    This reaches exactly the remaining budget with a few refused requests, and
+    without a budget it is :func:`_outputs`. Other errors propagate.
+    """
+    answers = []
+    done, size = 0, batch_size
+    with torch.no_grad():
+        while done < len(x):
+            try:
+                answers.append(query(x[done : done + size]).float())
+            except ProtocolError as exc:
+                if not is_budget_refusal(exc):
+                    raise
+                if size == 1:
+                    break
+                size //= 2
+                continue
+            done += len(answers[-1])
+    return torch.cat(answers) if answers else torch.zeros(0, 0)
+
+
+def _result(name: str, got: _Answers, asked_scores: np.ndarray) -> MembershipResult:
+    """Metrics over every candidate; those not asked about share the median of the scores obtained."""
+    n_in = int(got.is_member.sum())
+    scores = np.full(len(got.is_member), float(np.median(asked_scores)) if len(asked_scores) else 0.0)
+    scores[got.asked] = asked_scores
+    m = attack_metrics(scores, got.is_member)
+    asked_labels = got.is_member[got.asked]
+    auc_queried = None
+    if len(got.asked) == len(scores):
+        auc_queried = m["auc"]
+    elif 0 < asked_labels.sum() < len(asked_labels):
+        auc_queried = attack_metrics(asked_scores, asked_labels)["auc"]
     return MembershipResult(name, m["auc"], m["balanced_accuracy"], m["tpr_at_1pct_fpr"], m["tpr_at_0.1pct_fpr"],
-                            len(s_in), len(s_out), scores, labels)
+                            n_in, len(scores) - n_in, scores, got.is_member, len(got.asked), auc_queried)
 
 
 Trainer = Callable[[torch.Tensor, torch.Tensor, int], nn.Module]
@@ -124,7 +217,10 @@ class ShadowModels:
 def shadow_model_attack(query: Query, members: tuple[torch.Tensor, torch.Tensor],
                         non_members: tuple[torch.Tensor, torch.Tensor], shadows: ShadowModels, *,
                         seed: int = 0) -> MembershipResult:
-    """Shokri et al.: an attack classifier learnt on the shadows' outputs for their members and non-members."""
+    """Shokri et al.: an attack classifier learnt on the shadows' outputs for their members and non-members.
+
+    ``seed`` also orders the candidates, which matters only when a budget stops the queries.
+    """
     from sklearn.ensemble import GradientBoostingClassifier
 
     rng = np.random.default_rng(seed)
@@ -136,28 +232,32 @@ def shadow_model_attack(query: Query, members: tuple[torch.Tensor, torch.Tensor]
             feats.append(confidence_features(_outputs(model, shadows.pool_x[chosen]), shadows.pool_y[chosen]))
             labels.append(np.full(len(chosen), label))
     attack = GradientBoostingClassifier(random_state=seed).fit(np.concatenate(feats), np.concatenate(labels))
-    s_in = attack.predict_proba(confidence_features(_outputs(query, members[0]), members[1]))[:, 1]
-    s_out = attack.predict_proba(confidence_features(_outputs(query, non_members[0]), non_members[1]))[:, 1]
-    return _result("shadow models", s_in, s_out)
+    got = _ask(query, members, non_members, seed=seed)
+    if not len(got.asked):
+        return _result("shadow models", got, np.zeros(0))
+    return _result("shadow models", got, attack.predict_proba(confidence_features(got.outputs, got.asked_y))[:, 1])
 
 
 def lira_offline(query: Query, members: tuple[torch.Tensor, torch.Tensor],
-                 non_members: tuple[torch.Tensor, torch.Tensor], shadows: ShadowModels) -> MembershipResult:
+                 non_members: tuple[torch.Tensor, torch.Tensor], shadows: ShadowModels, *,
+                 seed: int = 0) -> MembershipResult:
     """Carlini et al.'s likelihood-ratio attack, offline: only shadows that never saw the targets.
 
     Per target, a Gaussian is fitted to the shadows' scaled confidence; the
     score is the victim's value in standard deviations above its mean (a
     one-sided test). With few shadows the variance is pooled over targets,
-    as the paper recommends.
+    as the paper recommends. ``seed`` orders the candidates, which matters
+    only when a budget stops the queries.
     """
-    def scores(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        observed = scaled_confidence(_outputs(query, x), y)
-        reference = np.stack([scaled_confidence(_outputs(m, x), y) for m in shadows.models])
-        mean = reference.mean(axis=0)
-        std = reference.std() if len(shadows.models) < 16 else reference.std(axis=0) + 1e-6
-        return (observed - mean) / (std + 1e-6)
-
-    return _result("LiRA (offline)", scores(*members), scores(*non_members))
+    got = _ask(query, members, non_members, seed=seed)
+    if not len(got.asked):
+        return _result("LiRA (offline)", got, np.zeros(0))
+    x, y = got.x[torch.from_numpy(got.asked)], got.asked_y
+    observed = scaled_confidence(got.outputs, y)
+    reference = np.stack([scaled_confidence(_outputs(m, x), y) for m in shadows.models])
+    mean = reference.mean(axis=0)
+    std = reference.std() if len(shadows.models) < 16 else reference.std(axis=0) + 1e-6
+    return _result("LiRA (offline)", got, (observed - mean) / (std + 1e-6))
 
 
 def victim_trainer(data: Dataset, *, epochs: int = 300, lr: float = 0.01) -> Trainer:

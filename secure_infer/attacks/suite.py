@@ -1,8 +1,10 @@
 """Every attack against every way of serving one victim, side by side (``secure-infer attack``).
 
-Rows are serving configurations: plaintext with full confidences, label-only
-and rounded outputs, the same model served through CrypTen (2 real parties)
-and TenSEAL (CKKS), and DP-SGD-trained models. Columns are what the attacks
+Rows are serving configurations: plaintext with full confidences, the same
+under a per-client query budget (what ``secure-infer serve --state``
+enforces: a capped attacker gets only so many answers), label-only and
+rounded outputs, the same model served through CrypTen (2 real parties) and
+TenSEAL (CKKS), and DP-SGD-trained models. Columns are what the attacks
 measured through each row's query interface. Encryption protects the *input*
 (the input-privacy column); output-based attacks see the same outputs
 whether or not the input was encrypted, and the table shows that rather than
@@ -65,6 +67,7 @@ class SuiteConfig:
     backends: tuple[str, ...] = ("crypten", "tenseal")
     privacy_inputs: int = 300
     tenseal_degree: int = 7  # every query batch evaluates the polynomials once per hidden unit: kept cheap
+    budget_caps: tuple[int, ...] = (200, 50)  # a plaintext row per cap: inputs answered per client, then refusals
     seed: int = 0
 
 
@@ -83,6 +86,7 @@ class ServingRow:
     inversion: InversionResult
     input_privacy: InputPrivacyResult
     note: str = ""
+    budget: int | None = None  # inputs each attack (one client) was answered before refusals; None: unlimited
 
     @property
     def best_mia(self) -> MembershipResult:
@@ -105,12 +109,12 @@ def count_steps(config: SuiteConfig) -> int:
     """How many times :func:`run_suite` calls ``on_step`` with ``config`` (sizes a progress bar).
 
     Victim, shadow models and the plaintext input-privacy view; three attacks on
-    each of the three plaintext rows; extraction from labels; per encrypted
-    backend its input-privacy view and three attacks; per DP epsilon the
-    training and three attacks.
+    each of the three plaintext rows and each budget row; extraction from
+    labels; per encrypted backend its input-privacy view and three attacks;
+    per DP epsilon the training and three attacks.
     """
     backends = sum(b in ("crypten", "tenseal") for b in config.backends)
-    return 3 + 3 * 3 + 1 + 4 * backends + 4 * len(config.dp_epsilons)
+    return 3 + 3 * (3 + len(config.budget_caps)) + 1 + 4 * backends + 4 * len(config.dp_epsilons)
 
 
 def _accuracy(query: Query, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -149,28 +153,40 @@ def run_suite(config: SuiteConfig = QUICK, *, on_step: Callable[[str], None] | N
     plain_view = attack_view("the input (plaintext)", plaintext_view(priv_x), priv_y, priv_inputs, seed=config.seed)
 
     def attack_row(name: str, query: Query, privacy: InputPrivacyResult, note: str = "",
-                   served_model: torch.nn.Module | None = None) -> ServingRow:
-        """``served_model``: the model being stolen, when it is not the victim (DP rows)."""
+                   served_model: torch.nn.Module | None = None, budget: int | None = None) -> ServingRow:
+        """``served_model``: the model being stolen, when it is not the victim (DP rows).
+
+        ``budget``: each attack is a fresh client answered that many inputs,
+        then refused. The three membership attacks ask about the candidates in
+        the same order, so they read the answers one such client would get.
+        Test accuracy is the operator's measurement, outside any budget.
+        """
+        def client() -> Query:
+            return query if budget is None else defences.budgeted(query, budget)
+
         reference = victim_on_test
         if served_model is not None:
             with torch.no_grad():
                 reference = served_model(data.x_test)
         step(f"{name}: membership inference")
         mia = {
-            "loss": loss_threshold_attack(query, members, non_members),
-            "shadow": shadow_model_attack(query, members, non_members, shadows, seed=config.seed),
-            "lira": lira_offline(query, members, non_members, shadows),
+            "loss": loss_threshold_attack(client(), members, non_members, seed=config.seed),
+            "shadow": shadow_model_attack(client(), members, non_members, shadows, seed=config.seed),
+            "lira": lira_offline(client(), members, non_members, shadows, seed=config.seed),
         }
         step(f"{name}: extraction")
-        extraction = extraction_attack(query, pool[0], budgets=config.budgets, victim_on_eval=reference,
+        extraction = extraction_attack(client(), pool[0], budgets=config.budgets, victim_on_eval=reference,
                                        eval_x=data.x_test, eval_y=data.y_test, build=surrogate, seed=config.seed)
         step(f"{name}: inversion")
-        inversion = inversion_attack(query, data.x_train, data.y_train, classes=data.num_classes,
+        inversion = inversion_attack(client(), data.x_train, data.y_train, classes=data.num_classes,
                                      steps=config.inversion_steps)
-        return ServingRow(name, _accuracy(query, data.x_test, data.y_test), mia, extraction, inversion, privacy, note)
+        return ServingRow(name, _accuracy(query, data.x_test, data.y_test), mia, extraction, inversion, privacy, note,
+                          budget)
 
-    rows = [
-        attack_row("plaintext, full confidences", victim, plain_view),
+    rows = [attack_row("plaintext, full confidences", victim, plain_view)]
+    rows += [attack_row(f"plaintext, full confidences, budget {cap} inputs", victim, plain_view, budget=cap)
+             for cap in config.budget_caps]
+    rows += [
         attack_row("plaintext, top-1 label only", defences.label_only(victim), plain_view),
         attack_row("plaintext, confidences rounded to 0.1", defences.rounded(victim, 1), plain_view),
     ]
@@ -219,8 +235,17 @@ def run_suite(config: SuiteConfig = QUICK, *, on_step: Callable[[str], None] | N
     return AttackReport(config, rows, extraction_labels, dp_rows, time.perf_counter() - started, env)
 
 
-def _fmt_extraction(points: list[ExtractionPoint]) -> str:
-    return " / ".join(f"{p.agreement:.2f}" for p in points)
+def _fmt_extraction(points: list[ExtractionPoint], budgets: tuple[int, ...] = ()) -> str:
+    """Agreement per budget; with the configured ``budgets``, those a cap refused read "refused" and a
+    point at a cap that is not one of them reads "agreement @ cap"."""
+    by_budget = {p.budget: p for p in points}
+    cells = []
+    for b in sorted(set(budgets) | set(by_budget)):
+        if b not in by_budget:
+            cells.append("refused")
+        else:
+            cells.append(f"{by_budget[b].agreement:.2f}" + ("" if not budgets or b in budgets else f" @ {b}"))
+    return " / ".join(cells)
 
 
 def summary(report: AttackReport) -> str:
@@ -247,7 +272,7 @@ def table(report: AttackReport) -> TextTable:
         out.add_row(
             row.name, f"{row.accuracy:.3f}", f"{mia['loss'].auc:.3f} / {mia['shadow'].auc:.3f} / {mia['lira'].auc:.3f}",
             f"{max(r.tpr_at_1pct_fpr for r in mia.values()):.3f}", f"{max(r.tpr_at_01pct_fpr for r in mia.values()):.3f}",
-            _fmt_extraction(row.extraction),
+            _fmt_extraction(row.extraction, cfg.budgets),
             f"{row.inversion.mean_ssim:.3f} ({row.inversion.mean_mse:.4f}), {row.inversion.identified:.1f}",
             row.input_privacy.view,
             f"{row.input_privacy.accuracy:.3f} ({row.input_privacy.chance:.3f}; {row.input_privacy.z_above_chance:+.1f})",
@@ -281,9 +306,48 @@ def _notes(report: AttackReport) -> list[str]:
         "outputs differ more, which also makes the attacker's plaintext-trained shadow models a worse match: "
         "lower numbers in that row come from the approximation, not from the encryption.",
     ]
+    lines += _budget_notes(report)
     for row in report.rows:
         if row.note:
             lines.append(f"- {row.name}: {row.note}.")
+    return lines
+
+
+def _budget_notes(report: AttackReport) -> list[str]:
+    """What the budget rows measured: how a capped attack is scored, then per row where each attack stopped."""
+    capped = [row for row in report.rows if row.budget is not None]
+    if not capped:
+        return []
+    cfg = report.config
+    images = capped[0].inversion.images
+    per_step = 2 * int(np.prod(images.shape[1:])) * images.shape[0]  # finite differences, every class, one step
+    lines = [
+        "- Budget rows (plaintext, full confidences, budget N inputs): each attack is one client that is answered "
+        "N inputs and then refused (\"budget-exhausted\"), as `secure-infer serve --state` refuses a client "
+        "registered with `secure-infer clients add NAME --budget N`; a request that would go over is refused whole. "
+        "Extraction keeps the answers it got: \"refused\" marks the budgets past the cap, and the last figure is "
+        "the fidelity at the cap. Membership: the attacker cannot tell members from non-members, so it asks about "
+        "the candidates in a random order and scores those it reaches; every candidate it never reached gets the "
+        "same \"don't know\" score, the median of the scores it obtained. AUC and TPRs are over all candidates, so "
+        "they fall towards chance as the share reached falls, while the candidates it did reach are ranked as well "
+        "as without a budget (the AUC among them, below). Test accuracy is the operator's measurement, outside any "
+        f"budget. Inversion needs {per_step} queries per gradient step ({images.shape[0]} classes x 2 x "
+        f"{int(np.prod(images.shape[1:]))} pixels)."
+    ]
+    for row in capped:
+        mia = row.membership
+        loss = mia["loss"]
+        among = " / ".join("n/a" if r.auc_queried is None else f"{r.auc_queried:.3f}"
+                           for r in (mia["loss"], mia["shadow"], mia["lira"]))
+        last = row.extraction[-1] if row.extraction else None
+        steps = row.inversion.queries // per_step if per_step else 0
+        lines.append(
+            f"- {row.name}: membership reached {loss.queried} of {loss.members + loss.non_members} candidates "
+            f"(coverage {loss.coverage:.2f}), AUC among them loss / shadow / LiRA {among}; extraction "
+            + (f"stopped at {last.budget} of {max(cfg.budgets)} planned queries (agreement {last.agreement:.2f})"
+               if last else "got no answer")
+            + f"; inversion {steps} of {cfg.inversion_steps} steps"
+            + (" (its cell is the starting image, the average training image)." if steps == 0 else "."))
     return lines
 
 
@@ -311,8 +375,8 @@ def to_json(report: AttackReport) -> dict[str, Any]:
         "config": asdict(report.config), "seconds": report.seconds, "environment": report.environment,
         "dp": report.dp, "extraction_labels_only": [asdict(p) for p in report.extraction_labels],
         "rows": [{
-            "name": r.name, "accuracy": r.accuracy, "note": r.note,
-            "membership": {k: mia(v) for k, v in r.membership.items()},
+            "name": r.name, "accuracy": r.accuracy, "note": r.note, "budget": r.budget,
+            "membership": {k: {**mia(v), "coverage": v.coverage} for k, v in r.membership.items()},
             "extraction": [asdict(p) for p in r.extraction],
             "inversion": {"mse": r.inversion.mse, "ssim": r.inversion.ssim, "identified": r.inversion.identified,
                           "queries": r.inversion.queries, "baseline_ssim": r.inversion.baseline_ssim,

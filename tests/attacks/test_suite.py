@@ -11,7 +11,7 @@ from secure_infer.attacks import suite
 
 TINY = suite.SuiteConfig(members=50, non_members=60, epochs=200, shadows=2, budgets=(20, 60), inversion_steps=15,
                          dp_epsilons=(8.0,), backends=("crypten", "tenseal"), privacy_inputs=150,
-                         tenseal_degree=2)
+                         tenseal_degree=2, budget_caps=(20,))
 
 
 STEPS: list[str] = []
@@ -26,8 +26,8 @@ def report():
 @pytest.mark.timeout(600)
 def test_every_serving_configuration_is_attacked(report) -> None:
     names = [r.name for r in report.rows]
-    assert names[:3] == ["plaintext, full confidences", "plaintext, top-1 label only",
-                         "plaintext, confidences rounded to 0.1"]
+    assert names[:4] == ["plaintext, full confidences", "plaintext, full confidences, budget 20 inputs",
+                         "plaintext, top-1 label only", "plaintext, confidences rounded to 0.1"]
     assert any(n.startswith("CrypTen") for n in names) and any(n.startswith("TenSEAL") for n in names)
     assert any(n.startswith("DP-SGD") for n in names)
     plain = report.rows[0]
@@ -44,6 +44,14 @@ def test_every_serving_configuration_is_attacked(report) -> None:
     # ... not the outputs: the output attacks find the same through CrypTen as in plaintext
     assert abs(crypten.membership["loss"].auc - plain.membership["loss"].auc) < 0.03
     assert abs(crypten.extraction[-1].agreement - plain.extraction[-1].agreement) < 0.1
+    # a capped client: extraction stops at the cap, membership reaches only part of the candidates
+    capped = report.rows[1]
+    assert capped.budget == 20 and plain.budget is None and capped.accuracy == plain.accuracy
+    assert [p.budget for p in capped.extraction] == [20] and capped.extraction[0] == plain.extraction[0]
+    for key, r in capped.membership.items():
+        assert r.queried == 20 and r.coverage == 20 / 110 and len(r.scores) == 110
+        assert abs(r.auc - 0.5) < abs(plain.membership[key].auc - 0.5), key  # closer to chance than uncapped
+    assert capped.inversion.queries == 0  # a step needs 1280 queries: none answered
     assert report.dp[0]["epsilon"] <= 8.0 + 1e-6
     assert len(STEPS) == suite.count_steps(TINY)  # the CLI's progress bar is sized right
 
@@ -54,5 +62,14 @@ def test_report_files(report, tmp_path: Path) -> None:
     assert {p.name for p in paths} == {"report.md", "report.json", "mia_roc.png", "extraction.png", "inversion.png"}
     data = json.loads((tmp_path / "report.json").read_text())
     assert len(data["rows"]) == len(report.rows) and data["environment"]["opacus"]
+    capped = data["rows"][1]
+    assert capped["budget"] == 20 and data["rows"][0]["budget"] is None and data["config"]["budget_caps"] == [20]
+    assert capped["membership"]["loss"]["queried"] == 20 and capped["membership"]["loss"]["coverage"] == 20 / 110
     md = (tmp_path / "report.md").read_text()
     assert "| plaintext, full confidences |" in md and "input-privacy attack acc" in md
+    assert "| plaintext, full confidences, budget 20 inputs |" in md
+    capped_row = next(line for line in md.splitlines() if line.startswith("| plaintext, full confidences, budget 20"))
+    assert " / refused |" in capped_row  # the 60-query extraction point was refused
+    note = next(line for line in md.splitlines() if line.startswith("- plaintext, full confidences, budget 20"))
+    assert "reached 20 of 110 candidates (coverage 0.18)" in note and "stopped at 20 of 60 planned" in note
+    assert any(line.startswith("- Budget rows") and "budget-exhausted" in line for line in md.splitlines())
