@@ -18,11 +18,12 @@ from typing import Any, Protocol
 
 import grpc
 
+from protocols.common.address import is_loopback
 from protocols.common.transport import FrameSocket
 from protocols.common.wire import DEFAULT_MAX_FRAME, Frame, MessageType, raise_if_error
 from protocols.he.proto import inference_pb2 as pb
 from protocols.he.proto import inference_pb2_grpc as pb_grpc
-from protocols.he.server import CODE_KEY, DEFAULT_CHUNK, is_loopback
+from protocols.he.server import CODE_KEY, DEFAULT_CHUNK
 from secure_infer._errors import ParameterError, ProtocolError
 
 GRPC_PROTOCOL = 2

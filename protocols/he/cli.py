@@ -17,9 +17,10 @@ from typing import Annotated, Any
 
 import typer
 
+from protocols.common.address import is_loopback
 from protocols.he.channels import ClientTLS
 from protocols.he.client import HEClient
-from protocols.he.server import HEServer, ServerTLS, is_loopback
+from protocols.he.server import HEServer, ServerTLS
 from protocols.he.state import ServerState
 from secure_infer import datasets, zoo
 from secure_infer._errors import ParameterError

@@ -17,10 +17,10 @@ import socket
 import threading
 from typing import Any
 
+from protocols.common.address import is_loopback
 from protocols.common.transport import FrameSocket, PeerGone, PeerTimeout
 from protocols.common.wire import DEFAULT_MAX_FRAME, Frame, MessageType, error_frame
 from protocols.he.handler import Caller, InferenceHandler, ServerStats
-from protocols.he.server import is_loopback
 from secure_infer._errors import ParameterError, ProtocolError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ Plaintext is served only on loopback, or when the operator says
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from protocols.common.address import is_loopback
 from protocols.he.handler import PROTOCOL, AuditLog, Caller, InferenceHandler, ServerStats
 from protocols.he.proto import inference_pb2 as pb
 from protocols.he.proto import inference_pb2_grpc as pb_grpc
@@ -59,15 +59,6 @@ STATUS = {
 }  # everything else (bad-keys, bad-ciphertext, bad-query, bad-request, secret-key-refused): INVALID_ARGUMENT
 
 T = TypeVar("T")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,10 @@ def party_command(
     world_size: Annotated[int, typer.Option(help="computing parties (the dealer not counted)")],
     role: Annotated[str, typer.Option(help="model-owner, data-owner, helper or dealer")],
     master: Annotated[str, typer.Option(
-        help="HOST:PORT of rank 0's gloo rendezvous (unauthenticated, unencrypted); not with --tls-*")] = "",
+        help="HOST:PORT of rank 0's gloo rendezvous (unauthenticated, unencrypted: loopback only unless "
+             "--insecure); not with --tls-*")] = "",
+    insecure: Annotated[bool, typer.Option(
+        help="allow the gloo rendezvous off loopback (only on a network you trust)")] = False,
     peers: Annotated[str, typer.Option(
         help="TLS: every computing party's HOST:PORT, comma-separated in rank order, the same list at "
              "every party; this party listens at its own entry")] = "",
@@ -74,7 +77,7 @@ def party_command(
                          input=inputs, output=output, data=data, dealer=dealer, timeout=timeout, hidden=hidden,
                          epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, weights_to=weights_to,
                          peers=tuple(p.strip() for p in peers.split(",") if p.strip()), tls_cert=tls_cert,
-                         tls_key=tls_key, tls_ca=tls_ca, tls_listen=tls_listen)
+                         tls_key=tls_key, tls_ca=tls_ca, tls_listen=tls_listen, insecure=insecure)
     run_one_party(Output(), config, summary)
 
 

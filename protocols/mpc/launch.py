@@ -46,6 +46,8 @@ def party_command(config: PartyConfig, summary: Path | None = None) -> list[str]
             cmd += [flag, str(value)]
     if config.dealer:
         cmd.append("--dealer")
+    if config.insecure:
+        cmd.append("--insecure")
     if config.task == "train":
         cmd += ["--hidden", str(config.hidden), "--epochs", str(config.epochs), "--lr", str(config.lr),
                 "--batch-size", str(config.batch_size), "--seed", str(config.seed),

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from protocols.common.address import is_loopback
 from protocols.common.collective import broadcast_json, gather_json
 from secure_infer._errors import DatasetError, ParameterError
 from secure_infer.backends.crypten import (
@@ -85,6 +86,7 @@ class PartyConfig:
             name ``party-RANK``) and the deployment's CA; all three switch TLS on.
         tls_listen: ``HOST:PORT`` to listen at instead of this party's ``peers``
             entry (``0.0.0.0:PORT`` behind NAT).
+        insecure: allow the unauthenticated gloo rendezvous at a ``master`` off loopback.
     """
 
     rank: int
@@ -110,6 +112,7 @@ class PartyConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_listen: str | None = None
+    insecure: bool = False
 
     @property
     def tls(self) -> bool:
@@ -140,6 +143,12 @@ class PartyConfig:
             if not self.master:
                 raise ParameterError("give --master HOST:PORT (the gloo rendezvous) or the TLS options "
                                      "--tls-cert/--tls-key/--tls-ca with --peers")
+            host = self.master.rpartition(":")[0]
+            if host and not is_loopback(host) and not self.insecure:
+                raise ParameterError(f"--master {self.master} is not loopback: the gloo rendezvous and links are "
+                                     "unauthenticated and unencrypted. Use TLS links (--tls-cert/--tls-key/--tls-ca "
+                                     "with --peers; `secure-infer certs DIR --parties N` makes the certificates), "
+                                     "or --insecure on a network you trust")
             return
         missing = [flag for flag, v in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
                                         ("--tls-ca", self.tls_ca)) if v is None]

@@ -24,6 +24,7 @@ MASTER = "127.0.0.1:29555"
 
 @pytest.mark.parametrize(("fields", "message"), [
     ({"master": "nowhere"}, "HOST:PORT"),
+    ({"master": "10.0.0.1:29500"}, "not loopback: the gloo rendezvous and links are unauthenticated"),
     ({"role": "model-owner", "rank": 1}, "rank 1 is the data-owner"),
     ({"role": "dealer", "rank": 1}, "dealer runs as rank 2"),
     ({"rank": 5}, "--rank must be in"),
@@ -38,6 +39,14 @@ def test_party_config_is_validated_before_contacting_anyone(tmp_path: Path, fiel
     base = {"rank": 0, "world_size": 2, "master": MASTER, "role": "model-owner", "model": model}
     with pytest.raises((ParameterError, DatasetError), match=message):
         PartyConfig(**(base | fields)).validate()
+
+
+def test_the_unauthenticated_rendezvous_off_loopback_needs_insecure(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"x")
+    PartyConfig(rank=0, world_size=2, master="10.0.0.1:29500", role="model-owner", model=model,
+                insecure=True).validate()  # the operator said so: accepted
+    PartyConfig(rank=0, world_size=2, master="localhost:29500", role="model-owner", model=model).validate()
 
 
 def test_missing_model_file_is_named(tmp_path: Path) -> None:
@@ -192,8 +201,8 @@ def test_parties_on_separate_hosts(two_hosts, lenet, digits, lenet_file, tmp_pat
     (ns0, dev0, addr0), (ns1, dev1, _) = two_hosts
     out = tmp_path / "logits.npy"
     configs = local_parties(2, task="infer", timeout=60, per_rank={
-        0: {"model": lenet_file, "master": f"{addr0}:29561"},
-        1: {"input": "digits:0-4", "output": out, "master": f"{addr0}:29561"}})
+        0: {"model": lenet_file, "master": f"{addr0}:29561", "insecure": True},
+        1: {"input": "digits:0-4", "output": out, "master": f"{addr0}:29561", "insecure": True}})
     where = {0: (ns0, dev0), 1: (ns1, dev1)}
 
     def in_namespace(config: PartyConfig) -> list[str]:
