@@ -1258,11 +1258,11 @@ def init_tls_communicator(rank: int, links: TLSLinks) -> ModuleType:
     links.validate(rank)
     crypten = load_crypten()
     comm: Any = importlib.import_module("crypten.communicator")
+    if crypten.mpc.ttp_required():  # a configuration error, whatever state this process is in
+        raise ParameterError(DEALER_REFUSED)
     if comm.is_initialized():
         raise ParameterError("CrypTen is already initialized in this process; call crypten.uninit() "
                              "(or shutdown_tls_communicator()) before joining over TLS")
-    if crypten.mpc.ttp_required():
-        raise ParameterError(DEALER_REFUSED)
     mesh = TLSMesh.connect(rank, links)
     with _STATE_LOCK:
         cls = _communicator_class()
