@@ -115,6 +115,13 @@ def issue(folder: Path, ca: CA, stem: str, common_name: str, *, hosts: list[str]
     return path
 
 
+def check_client_name(name: str) -> None:
+    """A client's name is its certificate's common name and part of file names: a plain word only."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ParameterError(f"client name {name!r} must be letters, digits, '-', '_' or '.' (it names files "
+                             "and certificates)")
+
+
 def make_pki(folder: str | Path, *, hosts: list[str] | None = None, clients: list[str] | None = None,
              parties: int = 0, days: int = 825) -> Issued:
     """A CA (reused if ``folder`` has one) and the server, client and party certificates that are missing.
@@ -131,8 +138,7 @@ def make_pki(folder: str | Path, *, hosts: list[str] | None = None, clients: lis
     out.mkdir(parents=True, exist_ok=True)
     hosts = list(hosts or ["localhost", "127.0.0.1"])
     for name in clients or []:
-        if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise ParameterError(f"client name {name!r} must be letters, digits, '-', '_' or '.' (it names files)")
+        check_client_name(name)
     if parties < 0:
         raise ParameterError(f"parties must be >= 0, got {parties}")
     have_ca = (out / "ca.pem").exists(), (out / "ca.key").exists()

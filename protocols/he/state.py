@@ -21,8 +21,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from secure_infer._errors import ParameterError, ProtocolError
+from secure_infer.certs import check_client_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -82,8 +84,7 @@ class ServerState:
     def add_client(self, name: str, *, budget: int = -1, rate_per_minute: float = 0.0,
                    expires_in_s: float | None = None) -> str:
         """Register ``name``; returns its new API token (shown once, stored only hashed)."""
-        if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise ParameterError(f"client name {name!r} must be letters, digits, '-', '_' or '.'")
+        check_client_name(name)
         if budget < -1:
             raise ParameterError(f"--budget must be -1 (no limit) or >= 0, got {budget}")
         if rate_per_minute < 0:
@@ -96,7 +97,7 @@ class ServerState:
                     "INSERT INTO clients (name, token_sha256, budget, rate_per_minute, expires_at, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)", (name, _hash(token), budget, rate_per_minute, expires, time.time()))
             except sqlite3.IntegrityError:
-                raise ParameterError(f"client {name!r} exists already: revoke it first, or pick another name") from None
+                raise ParameterError(f"client {name!r} exists already (a revoked name stays taken): pick another name") from None
         return token
 
     def revoke(self, name: str) -> None:
@@ -105,17 +106,19 @@ class ServerState:
         if cur.rowcount == 0:
             raise ParameterError(f"no client named {name!r} in {self.path}")
 
-    def clients(self) -> list[Client]:
+    _COLUMNS = "name, budget, used, rate_per_minute, expires_at, revoked"
+
+    def _select(self, where: str = "", args: tuple[Any, ...] = ()) -> list[Client]:
         with self._lock:
-            rows = self._db.execute("SELECT name, budget, used, rate_per_minute, expires_at, revoked FROM clients "
-                                    "ORDER BY name").fetchall()
+            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM clients {where} ORDER BY name", args).fetchall()
         return [Client(r[0], int(r[1]), int(r[2]), float(r[3]), r[4], bool(r[5])) for r in rows]
 
+    def clients(self) -> list[Client]:
+        return self._select()
+
     def client(self, name: str) -> Client | None:
-        with self._lock:
-            r = self._db.execute("SELECT name, budget, used, rate_per_minute, expires_at, revoked FROM clients "
-                                 "WHERE name = ?", (name,)).fetchone()
-        return None if r is None else Client(r[0], int(r[1]), int(r[2]), float(r[3]), r[4], bool(r[5]))
+        found = self._select("WHERE name = ?", (name,))
+        return found[0] if found else None
 
     def has_clients(self) -> bool:
         with self._lock:
@@ -124,10 +127,8 @@ class ServerState:
     # -- serving ---------------------------------------------------------------------------
     def by_token(self, token: str) -> Client:
         """The client holding ``token``; ``ProtocolError('unauthenticated')`` if none may use it now."""
-        with self._lock:
-            r = self._db.execute("SELECT name FROM clients WHERE token_sha256 = ?", (_hash(token),)).fetchone()
-        client = self.client(r[0]) if r is not None else None
-        return self._usable(client, "this API token")
+        found = self._select("WHERE token_sha256 = ?", (_hash(token),))
+        return self._usable(found[0] if found else None, "this API token")
 
     def by_name(self, name: str) -> Client:
         """The client a certificate names; refused like a token if it is not registered and usable."""
@@ -145,7 +146,7 @@ class ServerState:
                                 "ask the server's operator for a new token", code="unauthenticated")
         return client
 
-    def charge(self, name: str, inputs: int) -> Client:
+    def charge(self, name: str, inputs: int) -> None:
         """Take ``inputs`` from ``name``'s budget and rate allowance, or refuse without charging."""
         client = self.client(name)
         if client is None:
@@ -169,9 +170,6 @@ class ServerState:
                                     code="budget-exhausted")
             if client.rate_per_minute > 0:
                 self._buckets[name] = (tokens - inputs, now)
-        updated = self.client(name)
-        assert updated is not None
-        return updated
 
     def refund(self, name: str, inputs: int) -> None:
         """Give back a charge for a request the server failed to evaluate (its own fault, not the client's)."""
