@@ -675,6 +675,7 @@ def _fuzz_target(name: str, fn: Callable[[bytes], None], cfg: dict[str, Any], se
         if outcome == "ok":
             break
     result["refusal_reasons"] = len(outcomes)
+    result["accepted"] = outcomes.get("ok", 0)  # inputs the decoder took (may rank below the top refusals)
     result["top_refusals"] = dict(outcomes.most_common(12))
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["execs_per_s"] = round(result["executions"] / max(result["wall_s"], 1e-9), 1)

@@ -42,5 +42,5 @@ def test_every_decoder_target_runs_without_crashes_or_hangs(tmp_path) -> None:
         assert result["executions"] > 0, name
     # the handler targets started from seeds that load: the key and context loaders accepted some input
     for name in ("relin_keys", "galois_keys", "tenseal_context", "ciphertext"):
-        assert summary["targets"][name]["top_refusals"].get("ok", 0) > 0, name
+        assert summary["targets"][name]["accepted"] > 0, name
     assert (tmp_path / "summary.json").is_file()
