@@ -293,3 +293,61 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def fl(
+    out: Annotated[Path, typer.Option(help="folder for report.md, report.json and the plots")] = Path("fl-report"),
+    quick: Annotated[bool, typer.Option("--quick", help="fewer rounds and configurations: a few minutes on 2 cores")] = False,
+    clients: Annotated[int, typer.Option(help="simulated clients; above 20, one in ten trains each round")] = 10,
+    rounds: Annotated[int | None, typer.Option(help="FedAvg rounds (default: 50, or 20 with --quick)")] = None,
+    alpha: Annotated[float, typer.Option(help="Dirichlet label skew; 0 splits IID")] = 0.5,
+    model: Annotated[str, typer.Option(help=f"zoo model: {', '.join(zoo.available())}")] = "mlp",
+    dataset: Annotated[str, typer.Option(help="digits, or mnist with --mnist-path")] = "digits",
+    mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files")] = None,
+    aggregators: Annotated[int, typer.Option(help="CrypTen aggregator parties: 2 or 3")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Federated learning on Flower: FedAvg/FedProx, SecAgg+, CrypTen aggregators and DP-FedAvg, attacked."""
+    import dataclasses
+
+    from secure_infer.federated import experiment
+
+    if clients < 2:
+        raise typer.BadParameter("--clients: at least 2")
+    if model not in zoo.available():
+        raise typer.BadParameter(f"--model: unknown {model!r}; choose one of {', '.join(zoo.available())}")
+    if dataset == "mnist":
+        if mnist_path is None:
+            raise typer.BadParameter("--dataset mnist needs --mnist-path FOLDER (the IDX files; nothing is downloaded)")
+        data = datasets.load_mnist(mnist_path, limit_train=20_000, limit_test=2_000)
+    else:
+        data = datasets.load(dataset, seed=seed)
+    plan = experiment.QUICK if quick else experiment.FULL
+    plan = dataclasses.replace(plan, clients=clients, alpha=alpha or None, model=model, seed=seed,
+                               aggregators=aggregators, rounds=rounds or plan.rounds)
+    printer = Output()
+    with printer.progress() as progress:
+        task = progress.add_task("federated", total=experiment.count_steps(plan))
+        started = False
+
+        def on_step(what: str) -> None:
+            nonlocal started
+            progress.advance(task, 1 if started else 0, description=what)
+            started = True
+
+        def on_round(label: str, rnd: int, total: int, accuracy: float) -> None:
+            progress.advance(task, 0, description=f"{label}: round {rnd}/{total}, accuracy {accuracy:.3f}")
+
+        report = experiment.run_experiment(plan, data, on_step=on_step, on_round=on_round)
+        progress.complete(task, description="federated")
+    table = TextTable("federated training")
+    for name in ("configuration", "accuracy", "vs centralised", "epsilon", "dropped"):
+        table.add_column(name)
+    for r in report["runs"]:
+        table.add_row(r["label"], f"{r['accuracy']:.4f}", f"{r['delta_vs_centralised']:+.4f}",
+                      "-" if r["epsilon"] is None else f"{r['epsilon']:.2f}", str(len(r["dropped"])))
+    printer.table(table)
+    written = experiment.write_report(report, out)
+    printer.line(f"wrote {', '.join(p.name for p in written)} in {out}")
+    printer.report(out / "report.md")

@@ -54,7 +54,9 @@ __all__ = [
     "FederatedResult",
     "RoundRecord",
     "dp_epsilon",
+    "client_seed",
     "get_weights",
+    "replay_fedavg",
     "run_federated",
     "set_weights",
 ]
@@ -171,6 +173,7 @@ class FederatedResult:
     partition: Partition
     initial_accuracy: float
     seconds: float
+    history: list[list[np.ndarray]] = field(default_factory=list, repr=False)
 
     @property
     def accuracy(self) -> float:
@@ -251,6 +254,41 @@ def _local_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
     return total / max(seen, 1)
 
 
+def client_seed(config: FederatedConfig, rnd: int, client: int) -> int:
+    """The seed of ``client``'s local training in round ``rnd`` (so a round can be replayed)."""
+    return config.seed * 100_003 + rnd * 1_009 + client
+
+
+def replay_fedavg(result: FederatedResult, data: Dataset, rnd: int) -> list[np.ndarray]:
+    """Plaintext FedAvg of round ``rnd``, recomputed from each aggregated client's own training.
+
+    Local training is deterministic, so this is what the round's aggregate must
+    equal however it was computed (secure aggregation, CrypTen parties); it
+    reruns the clients outside the protocol, for checking only.
+    """
+    config = result.config
+    if not 1 <= rnd <= len(result.rounds) or len(result.history) <= rnd:
+        raise ParameterError(f"round {rnd} was not recorded (the run has {len(result.rounds)} rounds)")
+    record = result.rounds[rnd - 1]
+    net = copy.deepcopy(result.model)
+    total: list[np.ndarray] | None = None
+    weight_sum = 0.0
+    for client in record.aggregated:
+        idx = torch.as_tensor(result.partition.indices[client])
+        set_weights(net, result.history[rnd - 1])
+        _local_train(net, data.x_train[idx], data.y_train[idx], epochs=config.local_epochs,
+                     batch_size=config.batch_size, lr=config.lr,
+                     mu=config.proximal_mu if config.strategy == "fedprox" else 0.0,
+                     seed=client_seed(config, rnd, client))
+        w = 1.0 if config.dp is not None else float(len(idx))
+        weights = get_weights(net)
+        total = [w * a for a in weights] if total is None else [t + w * a for t, a in zip(total, weights, strict=True)]
+        weight_sum += w
+    if total is None:
+        raise ParameterError(f"round {rnd} aggregated no client")
+    return [(t / weight_sum).astype(np.float32) for t in total]
+
+
 def _payload_bytes(content: Any) -> int:
     """Bytes of arrays and config values in a Flower RecordDict (the payload, not gRPC framing)."""
     size = 0
@@ -306,6 +344,7 @@ class _Tracker:
         self.pending: dict[int, dict[str, Any]] = {}
         self.round_started = time.perf_counter()
         self.final_weights: list[np.ndarray] | None = None
+        self.history: list[list[np.ndarray]] = []
         self.initial: tuple[float, float] | None = None
         self.error: BaseException | None = None
 
@@ -317,6 +356,7 @@ class _Tracker:
                              "aggregation": aggregation or {}}
 
     def evaluated(self, rnd: int, weights: list[np.ndarray], loss: float, accuracy: float) -> None:
+        self.history.append([w.copy() for w in weights])
         if rnd == 0:
             self.initial = (loss, accuracy)
             self.round_started = time.perf_counter()
@@ -374,11 +414,10 @@ def _build_strategy(config: FederatedConfig, initial: list[np.ndarray], tracker:
         min_fit_clients=per_round, min_evaluate_clients=0, min_available_clients=config.clients,
         evaluate_fn=server_eval, on_fit_config_fn=fit_config,
         initial_parameters=ndarrays_to_parameters(initial), accept_failures=True)
-    base_cls = FedProx if config.strategy == "fedprox" else FedAvg
+    base: type = FedProx if config.strategy == "fedprox" else FedAvg
     if config.strategy == "fedprox":
         common["proximal_mu"] = config.proximal_mu
-    base_cls = _tracked(base_cls, tracker, aggregator)
-    strategy = base_cls(**common)
+    strategy: Any = _tracked(base, tracker, aggregator)(**common)
     if config.dp is not None:
         strategy = DifferentialPrivacyClientSideFixedClipping(
             strategy, noise_multiplier=config.dp.noise_multiplier,
@@ -473,7 +512,7 @@ def run_federated(config: FederatedConfig, data: Dataset, *, model: nn.Module | 
             x, y = shards[self.cid]
             loss = _local_train(self.net, x, y, epochs=config.local_epochs, batch_size=config.batch_size,
                                 lr=config.lr, mu=float(cfg.get("proximal_mu", 0.0)),
-                                seed=config.seed * 100_003 + rnd * 1_009 + self.cid)
+                                seed=client_seed(config, rnd, self.cid))
             weights = get_weights(self.net)
             # DP-FedAvg averages clipped updates uniformly: a client's weight must not scale
             # its influence past the clipping norm.
@@ -540,4 +579,4 @@ def run_federated(config: FederatedConfig, data: Dataset, *, model: nn.Module | 
     set_weights(final, tracker.final_weights)
     final.eval()
     return FederatedResult(replace(config), tracker.records, final, split, tracker.initial[1],
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, tracker.history)
