@@ -617,7 +617,7 @@ class CrypTenAggregator:
             }
             raise self._too_few(len(complete), len(sealed), missing)
         jobs = self.jobs(sealed, round=round, shapes=shapes)
-        pool = PartyPool(jobs, timeout=self.timeout)
+        pool = PartyPool(jobs, timeout=self.timeout, roles=[f"aggregator {i}" for i in range(self.parties)])
         try:
             setup = {rank: dict(pool.setup[rank]) for rank in range(self.parties)}
         finally:

@@ -226,7 +226,7 @@ def test_a_dead_aggregator_raises_party_failure() -> None:
     agg = _DyingAggregator(2, timeout=60)
     sealed = _seal_all(agg, updates, round=0)
     started = time.perf_counter()
-    with pytest.raises(PartyFailure, match="party 1") as info:
+    with pytest.raises(PartyFailure, match=r"party 1 \(aggregator 1\)") as info:
         agg.aggregate(sealed, round=0)
     assert "SIGKILL" in str(info.value)
     assert time.perf_counter() - started < 45  # reported from its exit, not after the timeout

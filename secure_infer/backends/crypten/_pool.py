@@ -192,8 +192,12 @@ class PartyPool:
         timeout: float = 300.0,
         threads: int = 1,
         precision_bits: int = 16,
+        roles: Sequence[str] | None = None,
     ) -> None:
         parties = len(payloads)
+        if roles is not None and len(roles) != parties:
+            raise ParameterError(f"give one role name per party: {len(roles)} for {parties}")
+        self._roles = tuple(roles) if roles is not None else None
         if parties < 2:
             raise ParameterError("a party pool needs at least 2 parties (parties=1 is the in-process simulation)")
         if port is None:
@@ -291,6 +295,9 @@ class PartyPool:
         return {rank: proc.pid for rank, proc in enumerate(self._procs)}
 
     def _name(self, rank: int) -> str:
+        """``party R (ROLE)``; the role is the caller's name for it (``roles=``), else inference's."""
+        if self._roles is not None and rank < len(self._roles):
+            return f"party {rank} ({self._roles[rank]})"
         return f"party {rank} ({role_of(rank, self.parties)})"
 
     def _fail(self, message: str, details: str = "") -> PartyFailure:
