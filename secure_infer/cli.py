@@ -345,6 +345,9 @@ def fl(
     for name in ("configuration", "accuracy", "vs centralised", "epsilon", "dropped"):
         table.add_column(name)
     for r in report["runs"]:
+        if "error" in r:
+            table.add_row(r["label"], "failed", r["error"].splitlines()[0], "-", "-")
+            continue
         table.add_row(r["label"], f"{r['accuracy']:.4f}", f"{r['delta_vs_centralised']:+.4f}",
                       "-" if r["epsilon"] is None else f"{r['epsilon']:.2f}", str(len(r["dropped"])))
     printer.table(table)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from secure_infer._errors import ParameterError
+from secure_infer._errors import ParameterError, SecureInferError
 from secure_infer.datasets import Dataset
 from secure_infer.federated.training import (
     DPSettings,
@@ -256,26 +256,33 @@ def run_experiment(plan: FLPlan, data: Dataset, *, on_step: Callable[[str], None
 
     step("centralised training")
     central = _centralised(plan, data)
+    planned = configs(plan)
+    # The attacks on updates need no trained model (they target round 1), so they run
+    # first: a failure in a long training run then loses nothing measured before it.
+    step("gradient inversion")
+    dp_planned = [c.dp for c in planned if c.dp is not None]
+    dp_for_attack = min(dp_planned, key=lambda d: d.noise_multiplier) if dp_planned else None
+    inversion = _inversion(plan, data, dp_for_attack, planned[0].lr)
     runs: list[dict[str, Any]] = []
     results: dict[str, FederatedResult] = {}
     crypten_check = None
-    for config in configs(plan):
+    for config in planned:
         step(config.label)
 
         def round_done(rec: Any, label: str = config.label, total: int = config.rounds) -> None:
             if on_round is not None:
                 on_round(label, rec.round, total, rec.accuracy)
 
-        result = run_federated(config, data, on_round=round_done)
+        try:
+            result = run_federated(config, data, on_round=round_done)
+        except SecureInferError as exc:  # reported as a row; the other configurations still run
+            runs.append({"label": config.label, "error": str(exc), "config": asdict(config)})
+            continue
         results[config.label] = result
         runs.append(_run_summary(result, central["accuracy"]))
         if config.aggregation == "crypten":
             crypten_check = _crypten_check(result, data)
             runs[-1]["crypten_vs_plaintext"] = crypten_check
-    step("gradient inversion")
-    dp_configs = [r for r in results.values() if r.config.dp is not None]
-    dp_for_attack = max(dp_configs, key=lambda r: r.epsilon or 0).config.dp if dp_configs else None
-    inversion = _inversion(plan, data, dp_for_attack, FederatedConfig().lr)
     step("membership inference")
     membership = [{"label": "centralised", **_membership(central["model"], data, plan.seed)}]
     membership += [{"label": label, **_membership(r.model, data, plan.seed)} for label, r in results.items()]
@@ -324,6 +331,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['label']} | - | failed: {r['error'].splitlines()[0]} ||||||")
+            continue
         eps = "-" if r["epsilon"] is None else f"{r['epsilon']:.2f} ({plan['dp_delta']:g}), z={r['noise_multiplier']:.2f}"
         drops = "; ".join(f"round {d['round']}: {d['why']}" for d in r["dropped"]) or "none"
         lines.append(f"| {r['label']} | {r['rounds']} | {r['accuracy']:.4f} | {r['delta_vs_centralised']:+.4f} | "
@@ -332,7 +342,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               "removes their masks from their neighbours' key shares; CrypTen aggregators exclude them), never "
               "counted as zeros. Bytes are the payload of every message a client sent in a round (all SecAgg+ "
               "stages included), summed over clients."]
-    cost_rows = [r for r in report["runs"] if r.get("aggregation_cost") or "SecAgg" in r["label"]]
+    done = [r for r in report["runs"] if "error" not in r]
+    cost_rows = [r for r in done if r.get("aggregation_cost") or r["config"]["aggregation"] != "plain"]
     if cost_rows:
         lines += ["", "## Secure aggregation cost per round", "",
                   "| configuration | s/round | client upload bytes/round | aggregator bytes sent/party | "
@@ -374,6 +385,8 @@ def _plots(report: dict[str, Any], live: dict[str, Any], out: Path) -> list[Path
     central = report["centralised"]["accuracy"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in report["runs"]:
+        if "error" in r:
+            continue
         acc = r["accuracy_by_round"]
         ax.plot(range(1, len(acc) + 1), acc, label=r["label"], marker="." if len(acc) < 10 else None)
     ax.axhline(central, color="black", linestyle="--", label="centralised")
@@ -387,11 +400,11 @@ def _plots(report: dict[str, Any], live: dict[str, Any], out: Path) -> list[Path
     plt.close(fig)
     written.append(path)
 
-    dp = [r for r in report["runs"] if r["epsilon"] is not None]
+    dp = [r for r in report["runs"] if r.get("epsilon") is not None]
     if dp:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         ax.plot([r["epsilon"] for r in dp], [r["accuracy"] for r in dp], marker="o", label="DP-FedAvg")
-        plain = next((r for r in report["runs"] if r["label"] == "FedAvg"), None)
+        plain = next((r for r in report["runs"] if r["label"] == "FedAvg" and "error" not in r), None)
         if plain is not None:
             ax.axhline(plain["accuracy"], color="tab:green", linestyle=":", label="FedAvg (no DP)")
         ax.axhline(central, color="black", linestyle="--", label="centralised")
