@@ -15,6 +15,18 @@ output-based attacks see the same outputs either way, and the numbers show it.
 from __future__ import annotations
 
 from secure_infer.attacks.extraction import ExtractionPoint, extraction_attack
+from secure_infer.attacks.gradient_inversion import (
+    GradientInversionResult,
+    ImageMatch,
+    Reconstruction,
+    client_gradient,
+    gradient_inversion_attack,
+    invert_gradient,
+    match_images,
+    psnr,
+    reconstruction_grid,
+    recover_labels,
+)
 from secure_infer.attacks.input_privacy import InputPrivacyResult, attack_view
 from secure_infer.attacks.inversion import InversionResult, inversion_attack, ssim
 from secure_infer.attacks.membership import (
@@ -44,4 +56,14 @@ __all__ = [
     "shadow_model_attack",
     "ssim",
     "victim_trainer",
+    "GradientInversionResult",
+    "ImageMatch",
+    "Reconstruction",
+    "client_gradient",
+    "gradient_inversion_attack",
+    "invert_gradient",
+    "match_images",
+    "psnr",
+    "reconstruction_grid",
+    "recover_labels",
 ]
