@@ -13,7 +13,10 @@ an honest-but-curious server can invert:
   gradient), for a batch the negative entries and their sizes (Wainakh et al.
   2022, *User-Level Label Leakage from Gradients*); a model without a
   recognisable last linear layer falls back to DLG's joint soft-label
-  optimisation.
+  optimisation. One change to the paper: L-BFGS runs in short rounds with the
+  images put back into [0, 1] between them, and stuck starts give way to new
+  ones: on a *trained* ReLU MLP plain DLG stalls in poor minima (see
+  :func:`_dlg`).
 * **cosine** — Geiping, Bauermeister, Dröge & Moeller (2020), *Inverting
   Gradients*: minimise ``1 - cos(dummy gradient, observed gradient)`` plus a
   total-variation prior with signed Adam steps, images kept in the data range
@@ -27,7 +30,9 @@ assignment (a batch's order is not revealed by its gradient), next to a
 *chance* level: the same matching applied to random other images of the data
 set. Under secure aggregation the server sees only the sum of K clients'
 updates; :func:`gradient_inversion_attack` measures how far that drives the
-reconstruction of one client's images towards chance.
+reconstruction of one client's images towards chance. On average it does; a
+client whose sample dominates the sum (one the trained model gets badly wrong
+has by far the largest gradient) can still be recovered from it.
 """
 
 from __future__ import annotations
@@ -404,7 +409,7 @@ def invert_gradient(
     batch_size: int,
     input_shape: tuple[int, ...],
     num_classes: int,
-    method: Method = "dlg",
+    method: Method = "cosine",
     steps: int | None = None,
     restarts: int | None = None,
     labels: torch.Tensor | None = None,
@@ -417,15 +422,20 @@ def invert_gradient(
     Args:
         model: the model the gradient was computed on (the server has it: it sent it).
         gradient: one tensor per ``model.parameters()`` entry, the gradient of the mean
-            cross-entropy (``client_gradient``); a sum over clients works for ``"cosine"``.
+            cross-entropy (:func:`client_gradient`; an update is ``-lr`` times it). The
+            cosine ignores the scale, DLG's L2 distance needs this one.
         batch_size, input_shape, num_classes: what to reconstruct.
-        method: ``"dlg"`` (L2 + L-BFGS, Zhu et al.) or ``"cosine"`` (cosine + TV + signed Adam
-            in [0, 1], Geiping et al.).
+        method: ``"cosine"`` (cosine + TV + signed Adam in [0, 1], Geiping et al.) or ``"dlg"``
+            (L2 + L-BFGS, Zhu et al.). Both recover a batch-1 digits MLP update (SSIM ~1);
+            the cosine is the default as it does better on LeNet (SSIM 0.65-0.92 against
+            DLG's 0.3-0.45) and on batches of a trained model.
         steps: optimiser iterations (L-BFGS: inner iterations, in rounds of 20); default per method.
         restarts: random initialisations; the one with the lowest matching loss is kept.
         labels: known labels; by default they are recovered from the last layer's
             gradient (:func:`recover_labels`) or, where that is impossible, optimised jointly.
-        tv: total-variation weight (cosine only); lr: Adam's step (cosine only).
+        tv: total-variation weight (cosine only). Small: on 8x8 digits a stronger prior
+            blurs the strokes (1e-2 cost LeNet 0.05-0.25 SSIM against 1e-4 or 0).
+        lr: Adam's initial step (cosine only), divided by 10 at 3/8, 5/8 and 7/8 of the steps.
         seed: seeds the random initialisations.
 
     Returns:
@@ -614,7 +624,7 @@ def gradient_inversion_attack(
     y_target: torch.Tensor,
     *,
     others: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
-    method: Method = "dlg",
+    method: Method = "cosine",
     reconstruct: int | None = None,
     reference: torch.Tensor | None = None,
     steps: int | None = None,
@@ -736,7 +746,9 @@ def reconstruction_grid(results: Sequence[GradientInversionResult], path: str | 
             axes[2 * i + row, 0].set_ylabel(name, fontsize=6)
         chance = "" if math.isnan(r.chance_ssim) else f", chance {r.chance_ssim:.2f}"
         axes[2 * i, 0].set_title(
-            f"{r.method}, {r.view}: SSIM {r.mean_ssim:.2f}{chance}", fontsize=7, loc="left"
+            f"{r.method}, batch {r.batch_size}, {r.view}: SSIM {r.mean_ssim:.2f}{chance}",
+            fontsize=7,
+            loc="left",
         )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
