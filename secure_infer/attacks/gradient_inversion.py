@@ -126,6 +126,9 @@ class GradientInversionResult:
         reconstructed: how many images the attack recovered: ``batch_size`` (the default,
             also what 0 stands for) unless it attacked an aggregate as one batch of all
             clients' images.
+        clip_norm, noise_std: the DP-FedAvg treatment of what the server saw (each client's
+            gradient clipped to ``clip_norm``, Gaussian noise of ``noise_std`` on the sum);
+            ``None`` and 0.0 without it.
     """
 
     method: str
@@ -140,6 +143,8 @@ class GradientInversionResult:
     images: torch.Tensor = field(repr=False)
     truth: torch.Tensor = field(repr=False)
     reconstructed: int = 0
+    clip_norm: float | None = None
+    noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reconstructed == 0:
@@ -156,14 +161,16 @@ class GradientInversionResult:
     @property
     def view(self) -> str:
         """A short description of what the server saw, for reports."""
-        if self.clients_in_view == 1:
-            return "one client's update"
-        view = f"sum of {self.clients_in_view} clients' updates"
-        return (
-            view
-            if self.reconstructed == self.batch_size
-            else f"{view}, {self.reconstructed} images recovered"
+        view = (
+            "one client's update"
+            if self.clients_in_view == 1
+            else f"sum of {self.clients_in_view} clients' updates"
         )
+        if self.noise_std > 0 or self.clip_norm is not None:
+            view += f", clipped to {self.clip_norm:.3g} + DP noise std {self.noise_std:.3g}"
+        if self.reconstructed != self.batch_size:
+            view += f", {self.reconstructed} images recovered"
+        return view
 
 
 # --------------------------------------------------------------------------- gradients
@@ -629,6 +636,8 @@ def gradient_inversion_attack(
     reference: torch.Tensor | None = None,
     steps: int | None = None,
     restarts: int | None = None,
+    clip_norm: float | None = None,
+    noise_std: float = 0.0,
     seed: int = 0,
 ) -> GradientInversionResult:
     """Reconstruct the target client's batch from what the server sees, and score it.
@@ -646,7 +655,14 @@ def gradient_inversion_attack(
     random images, so the comparison stays fair.
     ``reference``: images of the same data set, not the target's, for the chance level;
     when omitted the other clients' images serve (``nan`` when there are none).
+    ``clip_norm`` and ``noise_std``: DP-FedAvg's view: every client's gradient is clipped
+    to L2 norm ``clip_norm`` before the sum, and Gaussian noise of standard deviation
+    ``noise_std`` (``z * clip_norm`` for noise multiplier ``z``) is added to the sum.
     """
+    if clip_norm is not None and not clip_norm > 0:
+        raise ParameterError(f"clip_norm must be positive (or None for no clipping), got {clip_norm}")
+    if not noise_std >= 0:
+        raise ParameterError(f"noise_std must be >= 0, got {noise_std}")
     if x_target.ndim < 2 or x_target.shape[0] != y_target.shape[0]:
         raise ParameterError(
             f"x_target has shape {tuple(x_target.shape)} and y_target {tuple(y_target.shape)}; "
@@ -660,14 +676,24 @@ def gradient_inversion_attack(
         )
     input_shape = tuple(x_target.shape[1:])
     num_classes = _num_classes(model, x_target)
-    gradient = client_gradient(model, x_target, y_target)
+    def seen(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        grad = client_gradient(model, x, y)
+        if clip_norm is None:
+            return grad
+        norm = float(torch.sqrt(sum(((g.double() ** 2).sum() for g in grad), torch.zeros((), dtype=torch.float64))))
+        return [g * min(1.0, clip_norm / max(norm, 1e-12)) for g in grad]
+
+    gradient = seen(x_target, y_target)
     for i, (x, y) in enumerate(others):
         if tuple(x.shape[1:]) != input_shape:
             raise ParameterError(
                 f"others[{i}] has inputs of shape {tuple(x.shape[1:])}, the target {input_shape}; "
                 "every client trains the same model on the same kind of input"
             )
-        gradient = [a + b for a, b in zip(gradient, client_gradient(model, x, y), strict=True)]
+        gradient = [a + b for a, b in zip(gradient, seen(x, y), strict=True)]
+    if noise_std > 0:
+        gen = torch.Generator().manual_seed(seed + 7_919)
+        gradient = [g + noise_std * torch.randn(g.shape, generator=gen, dtype=g.dtype) for g in gradient]
     clients = 1 + len(others)
     observed = [g / clients for g in gradient]
     rec = invert_gradient(
@@ -701,6 +727,8 @@ def gradient_inversion_attack(
         loss=rec.loss,
         images=rec.images[list(match.order)],
         truth=truth,
+        clip_norm=clip_norm,
+        noise_std=noise_std,
     )
 
 

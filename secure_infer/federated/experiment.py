@@ -72,7 +72,7 @@ class FLPlan:
 
 
 QUICK = FLPlan(name="quick", rounds=20, iid=False, fedprox=False, crypten_rounds=3, dp_epsilons=(8.0,), dp_rounds=10,
-               inversion_batches=(1, 4), inversion_methods=("dlg",))
+               inversion_batches=(1, 4), inversion_methods=("cosine",))
 FULL = FLPlan()
 
 
@@ -203,8 +203,13 @@ def _inversion(plan: FLPlan, data: Dataset, dp: DPSettings | None, lr: float) ->
                                                  seed=plan.seed)),
             ]
             if dp is not None and batch == plan.inversion_batches[0]:
-                views.append((f"client update + DP noise (z={dp.noise_multiplier:.2f})",
-                              lambda m=method, t=target: _noised_attack(model, t, dp, lr, m, reference, plan.seed)))
+                # DP-FedAvg clips the update lr * g to C, i.e. the gradient to C / lr, and the
+                # noise on the sum is z times that bound.
+                bound = dp.clipping_norm / lr
+                views.append((f"client update, clipped + DP noise (z={dp.noise_multiplier:.2f})",
+                              lambda m=method, t=target, b=bound: gi.gradient_inversion_attack(
+                                  model, *t, method=m, reference=reference, clip_norm=b,
+                                  noise_std=dp.noise_multiplier * b, seed=plan.seed)))
             for view, attack in views:
                 res = attack()
                 rows.append({"view": view, "method": method, "batch": batch,
@@ -217,30 +222,6 @@ def _inversion(plan: FLPlan, data: Dataset, dp: DPSettings | None, lr: float) ->
     return {"rows": rows, "grid_results": grids.get("results", []),
             "note": ("the update of one local SGD step on the client's batch (FedSGD); the initial global "
                      "model; labels recovered from the last layer's gradient")}
-
-
-def _noised_attack(model: torch.nn.Module, target: tuple[torch.Tensor, torch.Tensor], dp: DPSettings, lr: float,
-                   method: str, reference: torch.Tensor, seed: int) -> Any:
-    """Invert a client update clipped to the DP clipping norm and noised with the DP-FedAvg sigma (z * C)."""
-    from secure_infer.attacks import gradient_inversion as gi
-
-    x, y = target
-    grad = gi.client_gradient(model, x, y)
-    bound = dp.clipping_norm / lr  # the update lr * g is clipped to C, so g to C / lr
-    norm = float(torch.sqrt(sum((g ** 2).sum() for g in grad)))
-    scale = min(1.0, bound / max(norm, 1e-12))
-    gen = torch.Generator().manual_seed(seed)
-    noisy = [g * scale + torch.randn(g.shape, generator=gen) * dp.noise_multiplier * bound for g in grad]
-    started = time.perf_counter()
-    rec = gi.invert_gradient(model, noisy, batch_size=len(x), input_shape=tuple(x.shape[1:]),
-                             num_classes=int(model(x[:1]).shape[1]), method=method, seed=seed)  # type: ignore[arg-type]
-    match = gi.match_images(rec.images, x)
-    chance = gi.chance_ssim(x, reference)
-    return gi.GradientInversionResult(
-        method=method, batch_size=len(x), clients_in_view=1, ssim=match.ssim, psnr=match.psnr,
-        label_accuracy=float((rec.labels.sort().values == y.sort().values).float().mean()),
-        chance_ssim=chance, seconds=time.perf_counter() - started, loss=rec.loss,
-        images=rec.images[list(match.order)] if hasattr(match, "order") else rec.images, truth=x)
 
 
 def run_experiment(plan: FLPlan, data: Dataset, *, on_step: Callable[[str], None] | None = None,

@@ -199,3 +199,17 @@ def test_reconstruction_grid_writes_a_png(tmp_path, digits) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
     with pytest.raises(ParameterError, match="results"):
         reconstruction_grid([], tmp_path / "empty.png")
+
+
+def test_dp_clipping_and_noise_take_the_image_out_of_the_update(untrained_mlp, digits) -> None:
+    """DP-FedAvg's treatment of one update: clipping alone leaves the image (direction survives);
+    noise at a DP level (z = 1) leaves nothing closer than chance."""
+    x, y = digits.x_test[3:4], digits.y_test[3:4]
+    clipped = gradient_inversion_attack(untrained_mlp, x, y, clip_norm=0.5, reference=digits.x_train[:200])
+    noised = gradient_inversion_attack(untrained_mlp, x, y, clip_norm=0.5, noise_std=0.5,
+                                       reference=digits.x_train[:200])
+    assert clipped.mean_ssim >= 0.5 and "clipped to 0.5" in clipped.view
+    assert noised.mean_ssim < noised.chance_ssim + 0.15 < clipped.mean_ssim
+    assert noised.noise_std == 0.5 and "DP noise std 0.5" in noised.view
+    with pytest.raises(ParameterError, match="noise_std must be >= 0"):
+        gradient_inversion_attack(untrained_mlp, x, y, noise_std=-1.0)
