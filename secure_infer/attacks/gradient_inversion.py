@@ -738,7 +738,10 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def reconstruction_grid(results: Sequence[GradientInversionResult], path: str | Path) -> Path:
-    """A PNG with two rows per result, truth over reconstruction, titled with view and mean SSIM."""
+    """A PNG with one row per result: the true images, then the reconstructions, labelled with
+    the view, method and mean SSIM against chance."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -749,35 +752,25 @@ def reconstruction_grid(results: Sequence[GradientInversionResult], path: str | 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = max(r.batch_size for r in results)
-    fig, axes = plt.subplots(
-        2 * len(results),
-        cols,
-        figsize=(max(cols, 3) * 1.0 + 1.2, len(results) * 2.4),
-        squeeze=False,
-    )
+    fig, axes = plt.subplots(len(results), 2 * cols, figsize=(2 * cols * 1.0 + 3.2, len(results) * 1.25 + 0.4),
+                             squeeze=False)
     for i, r in enumerate(results):
-        for row, (images, name) in enumerate(((r.truth, "truth"), (r.images, "reconstruction"))):
+        for half, images in enumerate((r.truth, r.images)):
             for c in range(cols):
-                ax = axes[2 * i + row, c]
+                ax = axes[i, half * cols + c]
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if c < len(images):
                     planes = _planes(images[c])
-                    ax.imshow(
-                        planes[0] if len(planes) == 1 else planes.transpose(1, 2, 0),
-                        cmap="gray",
-                        vmin=0.0,
-                        vmax=1.0,
-                    )
+                    ax.imshow(planes[0] if len(planes) == 1 else planes.transpose(1, 2, 0),
+                              cmap="gray", vmin=0.0, vmax=1.0)
                 else:
                     ax.axis("off")
-            axes[2 * i + row, 0].set_ylabel(name, fontsize=6)
-        chance = "" if math.isnan(r.chance_ssim) else f", chance {r.chance_ssim:.2f}"
-        axes[2 * i, 0].set_title(
-            f"{r.method}, batch {r.batch_size}, {r.view}: SSIM {r.mean_ssim:.2f}{chance}",
-            fontsize=7,
-            loc="left",
-        )
+        chance = "" if math.isnan(r.chance_ssim) else f" (chance {r.chance_ssim:.2f})"
+        label = f"{r.view}; {r.method}, batch {r.batch_size}: SSIM {r.mean_ssim:.2f}{chance}"
+        axes[i, 0].set_ylabel(textwrap.fill(label, 30), fontsize=7, rotation=0, ha="right", va="center")
+    axes[0, 0].set_title("truth", fontsize=8, loc="left")
+    axes[0, cols].set_title("reconstruction", fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
