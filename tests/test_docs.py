@@ -36,6 +36,7 @@ SKIPPED = {
     ("README.md", "secure-infer party --rank 0 --world-size 2 --master 10.0.0.1:29500"),
     ("docs/guides/benchmark.md", "secure-infer bench --quick --out bench-report"),
     ("docs/guides/attack.md", "secure-infer attack --backends none --out attack-report"),
+    ("docs/guides/federated.md", "secure-infer fl --quick --out fl-report"),
     ("docs/guides/serve.md", "secure-infer certs pki --host 10.0.0.5 --client alice"),
 }
 
