@@ -339,7 +339,8 @@ def fl(
         def on_round(label: str, rnd: int, total: int, accuracy: float) -> None:
             progress.advance(task, 0, description=f"{label}: round {rnd}/{total}, accuracy {accuracy:.3f}")
 
-        report = experiment.run_experiment(plan, data, on_step=on_step, on_round=on_round)
+        report = experiment.run_experiment(plan, data, on_step=on_step, on_round=on_round,
+                                           on_note=lambda text: progress.advance(task, 0, description=text))
         progress.complete(task, description="federated")
     table = TextTable("federated training")
     for name in ("configuration", "accuracy", "vs centralised", "epsilon", "dropped"):

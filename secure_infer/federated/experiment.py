@@ -179,7 +179,8 @@ def _crypten_check(result: FederatedResult, data: Dataset) -> dict[str, Any]:
     return {"max_abs_error_by_round": errors, "max_abs_error": max(errors)}
 
 
-def _inversion(plan: FLPlan, data: Dataset, dp: DPSettings | None, lr: float) -> dict[str, Any]:
+def _inversion(plan: FLPlan, data: Dataset, dp: DPSettings | None, lr: float,
+               on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Gradient inversion of client updates, in each view a curious server may have.
 
     Every row averages ``plan.inversion_targets`` target clients (each attacked in
@@ -214,6 +215,8 @@ def _inversion(plan: FLPlan, data: Dataset, dp: DPSettings | None, lr: float) ->
             for view, extra, aggregate in views:
                 results = []
                 for t in range(min(plan.inversion_targets, len(shards))):
+                    if on_note is not None:
+                        on_note(f"gradient inversion: {view}, {method}, batch {batch}, target {t + 1}")
                     others = [s for j, s in enumerate(shards) if j != t] if aggregate else []
                     results.append(gi.gradient_inversion_attack(model, *shards[t], others=others, method=method,  # type: ignore[arg-type]
                                                                 reference=reference, seed=plan.seed + t, **extra))
@@ -236,8 +239,13 @@ def _inversion(plan: FLPlan, data: Dataset, dp: DPSettings | None, lr: float) ->
 
 
 def run_experiment(plan: FLPlan, data: Dataset, *, on_step: Callable[[str], None] | None = None,
-                   on_round: Callable[[str, int, int, float], None] | None = None) -> dict[str, Any]:
-    """Train and attack per ``plan`` on ``data``; returns the report as a dict (plus live objects under ``_``)."""
+                   on_round: Callable[[str, int, int, float], None] | None = None,
+                   on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train and attack per ``plan`` on ``data``; returns the report as a dict (plus live objects under ``_``).
+
+    ``on_step`` is called as each step starts (progress bars count them), ``on_round``
+    after every training round, ``on_note`` with what a long step is doing.
+    """
     if data.synthetic:
         raise ParameterError(f"{data.label}: the federated comparison needs a real data set")
     started = time.perf_counter()
@@ -254,7 +262,7 @@ def run_experiment(plan: FLPlan, data: Dataset, *, on_step: Callable[[str], None
     step("gradient inversion")
     dp_planned = [c.dp for c in planned if c.dp is not None]
     dp_for_attack = min(dp_planned, key=lambda d: d.noise_multiplier) if dp_planned else None
-    inversion = _inversion(plan, data, dp_for_attack, planned[0].lr)
+    inversion = _inversion(plan, data, dp_for_attack, planned[0].lr, on_note)
     runs: list[dict[str, Any]] = []
     results: dict[str, FederatedResult] = {}
     crypten_check = None

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -550,7 +551,7 @@ def run_federated(config: FederatedConfig, data: Dataset, *, model: nn.Module | 
 
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": min(os.cpu_count() or 1, 4), "include_dashboard": False,
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
                       "logging_level": logging.ERROR, "log_to_driver": False, **(ray_init_args or {})},
     }
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -573,6 +574,7 @@ def run_federated(config: FederatedConfig, data: Dataset, *, model: nn.Module | 
             f"federated run {config.label!r} finished {len(tracker.records)} of {config.rounds} rounds; "
             "the simulation engine stopped early (see the log above)")
     traffic = _read_traffic(traffic_dir)
+    shutil.rmtree(traffic_dir, ignore_errors=True)
     for record in tracker.records:
         record.upload_bytes, record.download_bytes = traffic.get(record.round, (0, 0))
     final = copy.deepcopy(template)
