@@ -23,7 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +33,6 @@ from secure_infer.federated.crypten_aggregation import (
     CrypTenAggregator,
     share_update,
 )
-
-if TYPE_CHECKING:
-    from secure_infer.federated.training import FederatedConfig
 
 __all__ = ["AggregatorProcess", "CrypTenRelay", "SealingClient"]
 
@@ -136,9 +133,9 @@ def _serve(address: str, parties: int, min_clients: int, timeout: float) -> None
 class CrypTenRelay:
     """The server's half: publish keys, hand each round's sealed shares to the aggregator parties."""
 
-    def __init__(self, config: FederatedConfig) -> None:
-        self.parties = config.aggregators
-        self.min_clients = config.min_clients
+    def __init__(self, parties: int, *, min_clients: int = 2) -> None:
+        self.parties = parties
+        self.min_clients = min_clients
         self.aggregator: AggregatorProcess | None = None
 
     def fit_config(self, rnd: int) -> dict[str, Any]:

@@ -481,7 +481,7 @@ def run_federated(config: FederatedConfig, data: Dataset, *, model: nn.Module | 
     if config.aggregation == "crypten":
         from secure_infer.federated.crypten_flower import CrypTenRelay
 
-        aggregator = CrypTenRelay(config)
+        aggregator = CrypTenRelay(config.aggregators, min_clients=config.min_clients)
 
     tracker = _Tracker(config, on_round)
     evaluator = copy.deepcopy(template)
