@@ -33,6 +33,7 @@ from secure_infer.federated.training import (
     DPSettings,
     FederatedConfig,
     FederatedResult,
+    noise_for_epsilon,
     replay_fedavg,
     run_federated,
 )
@@ -83,13 +84,6 @@ def count_steps(plan: FLPlan) -> int:
     return runs + 2
 
 
-def _noise_for(epsilon: float, sample_rate: float, rounds: int, delta: float) -> float:
-    from opacus.accountants.utils import get_noise_multiplier
-
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=rounds, accountant="rdp"))
-
-
 def configs(plan: FLPlan) -> list[FederatedConfig]:
     """Every federated run the plan asks for, in the order they run."""
     base = FederatedConfig(label="FedAvg", clients=plan.clients, rounds=plan.rounds, fraction=plan.fraction,
@@ -109,7 +103,7 @@ def configs(plan: FLPlan) -> list[FederatedConfig]:
                            drop=tuple(d for d in base.drop if d[0] <= plan.crypten_rounds)))
     sample_rate = base.clients_per_round / plan.clients
     for eps in plan.dp_epsilons:
-        z = _noise_for(eps, sample_rate, plan.dp_rounds, plan.dp_delta)
+        z = noise_for_epsilon(eps, sample_rate, plan.dp_rounds, plan.dp_delta)
         out.append(replace(base, label=f"DP-FedAvg eps<={eps:g}", rounds=plan.dp_rounds,
                            dp=DPSettings(z, plan.dp_clipping, plan.dp_delta),
                            drop=tuple(d for d in base.drop if d[0] <= plan.dp_rounds)))

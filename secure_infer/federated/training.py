@@ -57,6 +57,7 @@ __all__ = [
     "dp_epsilon",
     "client_seed",
     "get_weights",
+    "noise_for_epsilon",
     "replay_fedavg",
     "run_federated",
     "set_weights",
@@ -210,6 +211,11 @@ def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
     model.load_state_dict(new)
 
 
+# Opacus' default RDP orders stop at 63; strong noise over few rounds needs higher ones
+# for a tight bound (Opacus warns "optimal RDP order is the largest alpha" otherwise).
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024]
+
+
 def dp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
     """Client-level epsilon after ``rounds`` of the subsampled Gaussian mechanism (Opacus' RDP accountant)."""
     if noise_multiplier <= 0:
@@ -218,7 +224,25 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: 
 
     accountant = RDPAccountant()
     accountant.history = [(float(noise_multiplier), float(min(sample_rate, 1.0)), int(rounds))]
-    return float(accountant.get_epsilon(delta=delta))
+    return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+
+
+def noise_for_epsilon(epsilon: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """The smallest noise multiplier whose :func:`dp_epsilon` is at most ``epsilon`` (bisection, 1e-3)."""
+    if not epsilon > 0:
+        raise ParameterError(f"target epsilon must be positive, got {epsilon}")
+    low, high = 0.0, 1.0
+    while dp_epsilon(high, sample_rate, rounds, delta) > epsilon:
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ParameterError(f"no noise multiplier reaches epsilon {epsilon} over {rounds} rounds")
+    while high - low > 1e-3:
+        mid = (low + high) / 2
+        if dp_epsilon(mid, sample_rate, rounds, delta) > epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
 
 
 def _require_flwr() -> None:
