@@ -21,13 +21,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 import numpy as np
 
-from secure_infer._errors import PartyFailure, ProtocolError, SecureInferError
+from secure_infer._errors import ParameterError, PartyFailure, ProtocolError, SecureInferError
 from secure_infer.federated.crypten_aggregation import (
     AggregatorKey,
     CrypTenAggregator,
@@ -55,6 +56,8 @@ class AggregatorProcess:
     """The aggregators together, in their own process; this side holds public keys and sealed bytes only."""
 
     def __init__(self, parties: int, *, min_clients: int = 2, timeout: float = 120.0) -> None:
+        if not isinstance(parties, int) or parties < 2:
+            raise ParameterError(f"secure aggregation needs at least 2 aggregator parties, got {parties!r}")
         authkey = os.urandom(32)
         listener = Listener(("127.0.0.1", 0), authkey=authkey)
         host, port = listener.address
@@ -67,12 +70,16 @@ class AggregatorProcess:
         accepted: list[Connection] = []
         waiter = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
         waiter.start()
-        waiter.join(timeout)
+        deadline = time.monotonic() + timeout
+        while waiter.is_alive() and self._proc.poll() is None and time.monotonic() < deadline:
+            waiter.join(0.2)  # a process that dies at start-up is reported at once, not after the timeout
         listener.close()
         if not accepted:
+            code = self._proc.poll()
             self._proc.kill()
-            raise PartyFailure(f"the aggregator process did not start within {timeout:.0f} s "
-                               f"(exit code {self._proc.poll()}); see its output above")
+            self._proc.wait()
+            why = f"exited with code {code}" if code is not None else f"did not connect within {timeout:.0f} s"
+            raise PartyFailure(f"the aggregator process {why} before it was ready; see its output above")
         self._conn = accepted[0]
         publics = self._receive("start-up")
         self.keys = tuple(AggregatorKey(i, parties, bytes(p)) for i, p in enumerate(publics))
@@ -115,7 +122,11 @@ class AggregatorProcess:
 def _serve(address: str, parties: int, min_clients: int, timeout: float) -> None:
     host, port, key = address.split(":")
     conn = Client((host, int(port)), authkey=bytes.fromhex(key))
-    aggregator = CrypTenAggregator(parties, min_clients=min_clients, timeout=timeout)
+    try:
+        aggregator = CrypTenAggregator(parties, min_clients=min_clients, timeout=timeout)
+    except SecureInferError as exc:
+        conn.send(("error", (type(exc).__name__, str(exc), getattr(exc, "code", ""))))
+        return
     conn.send(("ok", [k.public for k in aggregator.keys]))
     while True:
         try:

@@ -47,3 +47,18 @@ def test_a_client_seals_to_the_keys_in_its_fit_config() -> None:
     assert len(sealed) == 3 and all(s.dtype == np.uint8 for s in sealed)
     raw = b"".join(s.tobytes() for s in sealed)
     assert np.float32(1.0).tobytes() not in raw and np.float64(5.0).tobytes() not in raw
+
+
+def test_an_aggregator_process_that_dies_at_start_up_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import time
+
+    from secure_infer._errors import ParameterError, PartyFailure
+
+    with pytest.raises(ParameterError, match="at least 2 aggregator parties"):
+        AggregatorProcess(1)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a child that exits at once, code 1
+    started = time.monotonic()
+    with pytest.raises(PartyFailure, match="exited with code 1 before it was ready"):
+        AggregatorProcess(2, timeout=60.0)
+    assert time.monotonic() - started < 30
