@@ -332,6 +332,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         drops = "; ".join(f"round {d['round']}: {d['why']}" for d in r["dropped"]) or "none"
         lines.append(f"| {r['label']} | {r['rounds']} | {r['accuracy']:.4f} | {r['delta_vs_centralised']:+.4f} | "
                      f"{eps} | {_fmt(r['seconds_per_round'])} | {_fmt(r['upload_bytes_per_round'])} | {drops} |")
+    if plan["clients"] > 20:
+        lines += ["", f"Each round Flower samples {FLPlan(clients=plan['clients']).fraction:.0%} of the clients "
+                  "at random (its client manager does not take a seed), so at this size two rows also differ "
+                  "by which clients trained when; with 10 clients every client trains every round."]
     lines += ["", "Dropped clients are left out of that round's average (FedAvg over the survivors; SecAgg+ "
               "removes their masks from their neighbours' key shares; CrypTen aggregators exclude them), never "
               "counted as zeros. Bytes are the payload of every message a client sent in a round (all SecAgg+ "
