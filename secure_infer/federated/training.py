@@ -582,12 +582,17 @@ def run_federated(config: FederatedConfig, data: Dataset, *, model: nn.Module | 
     flwr_logger = logging.getLogger("flwr")
     old_level = flwr_logger.level
     flwr_logger.setLevel(logging.CRITICAL)  # client failures are reported per round
+    # Flower's DP wrappers draw the server's Gaussian noise from numpy's global generator:
+    # seed it for the run (and put the caller's state back after) so a run is reproducible.
+    numpy_state = np.random.get_state()
+    np.random.seed(config.seed)
     try:
         if aggregator is not None:
             aggregator.start()
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=config.clients,
                        backend_config=backend_config)  # type: ignore[arg-type]
     finally:
+        np.random.set_state(numpy_state)
         flwr_logger.setLevel(old_level)
         if aggregator is not None:
             aggregator.close()
