@@ -169,20 +169,25 @@ def bench(
     printer.report(out / "report.md")
 
 
+def _step_counter(progress: Progress, task: int) -> Callable[[str], None]:
+    """An ``on_step`` callback: each step is counted done when the next one starts."""
+    started = False
+
+    def on_step(what: str) -> None:
+        nonlocal started
+        progress.advance(task, 1 if started else 0, description=what)
+        started = True
+
+    return on_step
+
+
 def _run_attack_suite(printer: Output, config: SuiteConfig) -> AttackReport:
     """Run the suite with a progress bar: each step is counted done when the next one starts."""
     from secure_infer.attacks import suite
 
     with printer.progress() as progress:
         task = progress.add_task("attacks", total=suite.count_steps(config))
-        started = False
-
-        def on_step(what: str) -> None:
-            nonlocal started
-            progress.advance(task, 1 if started else 0, description=what)
-            started = True
-
-        result = suite.run_suite(config, on_step=on_step)
+        result = suite.run_suite(config, on_step=_step_counter(progress, task))
         progress.complete(task, description="attacks")
     return result
 
@@ -329,12 +334,7 @@ def fl(
     printer = Output()
     with printer.progress() as progress:
         task = progress.add_task("federated", total=experiment.count_steps(plan))
-        started = False
-
-        def on_step(what: str) -> None:
-            nonlocal started
-            progress.advance(task, 1 if started else 0, description=what)
-            started = True
+        on_step = _step_counter(progress, task)
 
         def on_round(label: str, rnd: int, total: int, accuracy: float) -> None:
             progress.advance(task, 0, description=f"{label}: round {rnd}/{total}, accuracy {accuracy:.3f}")

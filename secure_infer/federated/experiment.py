@@ -375,6 +375,13 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return paths + plots
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _plots(report: dict[str, Any], live: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -394,11 +401,7 @@ def _plots(report: dict[str, Any], live: dict[str, Any], out: Path) -> list[Path
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy vs round")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "accuracy_vs_round.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, out / "accuracy_vs_round.png"))
 
     dp = [r for r in report["runs"] if r.get("epsilon") is not None]
     if dp:
@@ -413,11 +416,7 @@ def _plots(report: dict[str, Any], live: dict[str, Any], out: Path) -> list[Path
         ax.set_ylabel("test accuracy")
         ax.set_title("epsilon vs accuracy")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / "epsilon_vs_accuracy.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out / "epsilon_vs_accuracy.png"))
 
     results = live.get("inversion_results") or []
     if results:
