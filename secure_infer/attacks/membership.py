@@ -260,6 +260,24 @@ def lira_offline(query: Query, members: tuple[torch.Tensor, torch.Tensor],
     return _result("LiRA (offline)", got, (observed - mean) / (std + 1e-6))
 
 
+def attack_split(data: Dataset, members: int, non_members: int, *, seed: int = 0
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor],
+                            tuple[torch.Tensor, torch.Tensor]]:
+    """Who holds what in an attack experiment: (members, non-members, the attacker's pool) of the training split.
+
+    A seeded permutation: the first ``members`` examples train the victim, the
+    next ``non_members`` are the attack's negatives, the rest is the
+    attacker's own data (shadow models, extraction queries).
+    """
+    if members + non_members >= len(data.x_train):
+        raise ParameterError(f"{members} members and {non_members} non-members leave no pool for the attacker in "
+                             f"{len(data.x_train)} training examples")
+    order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
+    parts = order[:members], order[members : members + non_members], order[members + non_members :]
+    a, b, c = ((data.x_train[i], data.y_train[i]) for i in parts)
+    return a, b, c
+
+
 def victim_trainer(data: Dataset, *, epochs: int = 300, lr: float = 0.01) -> Trainer:
     """The victim's training recipe (zoo MLP, Adam), as a trainer the attacker can reuse for shadows."""
     from secure_infer.zoo import TrainConfig, build, train

@@ -46,6 +46,7 @@ from secure_infer.attacks.membership import (
     MembershipResult,
     Query,
     ShadowModels,
+    attack_split,
     lira_offline,
     loss_threshold_attack,
     shadow_model_attack,
@@ -130,11 +131,8 @@ def run_suite(config: SuiteConfig = QUICK, *, on_step: Callable[[str], None] | N
     started = time.perf_counter()
     step = on_step or (lambda _msg: None)
     data = datasets.load_digits(seed=config.seed)
-    order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(config.seed))
-    m, n = config.members, config.non_members
-    members = (data.x_train[order[:m]], data.y_train[order[:m]])
-    non_members = (data.x_train[order[m : m + n]], data.y_train[order[m : m + n]])
-    pool = (data.x_train[order[m + n :]], data.y_train[order[m + n :]])
+    m = config.members
+    members, non_members, pool = attack_split(data, m, config.non_members, seed=config.seed)
     trainer = victim_trainer(data, epochs=config.epochs)
     step("train the victim (overfit MLP)")
     victim = trainer(*members, config.seed)
