@@ -204,14 +204,12 @@ def query_costs(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator,
 def epsilon(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, delta: float = 1e-5,
             orders: np.ndarray | None = None) -> PrivacyCost:
     """The (epsilon, delta) a student's queries cost, from the composed per-query RDP."""
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
     if not 0 < delta < 1:
         raise ParameterError(f"delta must be in (0, 1), got {delta}")
     alphas = _orders(orders)
     dependent, independent = query_costs(votes, labels, aggregator, alphas)
-    eps, order = get_privacy_spent(orders=alphas, rdp=dependent.sum(axis=0), delta=delta)
-    eps_di, _ = get_privacy_spent(orders=alphas, rdp=independent.sum(axis=0), delta=delta)
+    eps, order = _spent(alphas, dependent.sum(axis=0), delta)
+    eps_di, _ = _spent(alphas, independent.sum(axis=0), delta)
     labels = np.asarray(labels)
     return PrivacyCost(float(eps), float(eps_di), delta, float(order), len(labels), int((labels >= 0).sum()))
 
@@ -219,9 +217,24 @@ def epsilon(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, de
 def cumulative_epsilon(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, delta: float = 1e-5,
                        orders: np.ndarray | None = None) -> np.ndarray:
     """Data-dependent epsilon after each query (for plotting epsilon against answered queries)."""
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
     alphas = _orders(orders)
     dependent, _ = query_costs(votes, labels, aggregator, alphas)
     running = np.cumsum(dependent, axis=0)
-    return np.array([get_privacy_spent(orders=alphas, rdp=r, delta=delta)[0] for r in running])
+    return np.array([_spent(alphas, r, delta)[0] for r in running])
+
+
+def _spent(alphas: np.ndarray, rdp: np.ndarray, delta: float) -> tuple[float, float]:
+    """Opacus' RDP to (epsilon, delta) conversion, minimised over ``alphas``.
+
+    When the cost is tiny the best order is the largest one searched; the
+    bound is then valid but slightly loose, and Opacus' warning about it is
+    silenced (orders run to 10^4 already).
+    """
+    import warnings
+
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        eps, order = get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)
+    return float(eps), float(order)

@@ -1,0 +1,101 @@
+"""secure-infer pate: the whole comparison on a small plan, and its report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from secure_infer import ParameterError, datasets
+from secure_infer.cli import app
+from secure_infer.pate import experiment
+from secure_infer.pate.teachers import TeacherConfig
+
+SMALL = dataclasses.replace(experiment.QUICK, name="test", teachers=30, teacher=TeacherConfig(steps=150), queries=120,
+                            curve_points=2, mpc_queries=40, student_epochs=40, dp_epsilons=(8.0,),
+                            attack_shadows=2, attack_teachers=10)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    steps: list[str] = []
+    report = experiment.run_pate(SMALL, on_step=steps.append)
+    out = tmp_path_factory.mktemp("pate")
+    return report, steps, experiment.write_report(report, out)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_every_part_is_measured(run):
+    report, steps, _ = run
+    assert len(steps) == experiment.count_steps(SMALL)
+    confident, gnmax = report["rows"]
+    assert gnmax["answered"] == gnmax["queries"] == SMALL.queries
+    assert 0 < confident["answered"] < confident["queries"]
+    for row in report["rows"]:
+        assert 0 < row["epsilon"] <= row["epsilon_data_independent"]
+        assert 0.0 <= row["accuracy"] <= 1.0
+    # the student learned something from the noisy answers
+    assert confident["accuracy"] > 0.5
+    assert report["eval_examples"] == 450 - SMALL.queries
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_mpc_silos_answer_as_the_plaintext_aggregator(run):
+    report, _, _ = run
+    mpc = report["mpc"]
+    assert "error" not in mpc, mpc.get("error")
+    assert mpc["parties"] == 3 and mpc["queries"] == SMALL.mpc_queries
+    assert mpc["agree"] == mpc["queries"] == mpc["agree_with_student_labels"]
+    assert mpc["seconds_per_query"] > 0 and mpc["bytes_per_query"] > 0 and mpc["rounds_per_query"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_curve_dp_sgd_and_attacks(run):
+    report, _, _ = run
+    eps = [c["epsilon"] for c in report["curve"]]
+    assert eps == sorted(eps) and len(eps) == SMALL.curve_points
+    reference, dp = report["dp_sgd"]
+    assert reference["target_epsilon"] is None and reference["accuracy"] > 0.9
+    assert 0 < dp["epsilon"] <= 8.0 and dp["accuracy"] > 0.8
+    rows = {r["model"].split(",")[0]: r for r in report["attacks"]["rows"]}
+    assert set(rows) == {"non-private victim (overfit)", "DP-SGD", "PATE student"}
+    victim = rows["non-private victim (overfit)"]
+    assert victim["loss_auc"] > 0.6  # the overfit victim leaks, so the setting can show a difference
+    for r in rows.values():
+        if "error" not in r:
+            assert 0.0 <= r["lira_auc"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_report_files(run):
+    report, _, paths = run
+    assert [p.name for p in paths] == ["report.json", "report.md", "accuracy_vs_epsilon.png"]
+    assert json.loads(paths[0].read_text())["nonprivate_accuracy"] == pytest.approx(report["nonprivate_accuracy"])
+    text = paths[1].read_text()
+    for heading in ("## Student", "## The vote counted under MPC", "## DP-SGD", "## Membership inference"):
+        assert heading in text
+    assert paths[2].stat().st_size > 1000
+
+
+def test_plan_errors_name_the_setting():
+    data = datasets.load_digits(seed=0)
+    with pytest.raises(ParameterError, match="queries=450"):
+        experiment.run_pate(dataclasses.replace(SMALL, queries=450), data)
+    with pytest.raises(ParameterError, match="teachers=2000"):
+        experiment.run_pate(dataclasses.replace(SMALL, teachers=2000), data)
+
+
+def test_cli_refuses_bad_options(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["pate", "--parties", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--parties" in result.output
+    result = runner.invoke(app, ["pate", "--dataset", "mnist", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--mnist-path" in result.output
+    assert np.isfinite(SMALL.aggregator().sigma)
