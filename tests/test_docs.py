@@ -37,6 +37,7 @@ SKIPPED = {
     ("docs/guides/benchmark.md", "secure-infer bench --quick --out bench-report"),
     ("docs/guides/attack.md", "secure-infer attack --backends none --out attack-report"),
     ("docs/guides/federated.md", "secure-infer fl --quick --out fl-report"),
+    ("docs/guides/pate.md", "secure-infer pate --out pate-report"),
     ("docs/guides/serve.md", "secure-infer certs pki --host 10.0.0.5 --client alice"),
 }
 
