@@ -123,7 +123,7 @@ def _decode_fixed_point(self: Any, tensor: Any) -> Any:
         whole = tensor.div(scale, rounding_mode="floor")
         fraction = tensor - whole * scale  # in [0, scale)
         return (whole.float() + fraction.float() / scale).data
-    from crypten.common.util import nearest_integer_division
+    from crypten.encoder import nearest_integer_division
 
     return nearest_integer_division(tensor, scale).data
 

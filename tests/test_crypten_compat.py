@@ -64,6 +64,17 @@ def test_fixed_point_decode_is_exact(value: float) -> None:
     assert float((enc.decode(enc.encode(x)) - x).abs().max()) < 2**-15
 
 
+def test_comparison_results_decode() -> None:
+    """Comparisons return precision-0 tensors (scale 1); their decode path must import and round."""
+    crypten = load_crypten()
+    crypten.init()
+    try:
+        a, b = crypten.cryptensor(torch.tensor([1.0, 3.0, 2.0])), crypten.cryptensor(torch.tensor([2.0, 1.0, 2.0]))
+        assert (a >= b).get_plain_text().tolist() == [0, 1, 1]
+    finally:
+        crypten.uninit()
+
+
 def test_matmul_has_no_unit_errors() -> None:
     """The decode bug showed up as rare errors of exactly 1.0 in matmul outputs."""
     crypten = load_crypten()
