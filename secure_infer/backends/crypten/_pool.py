@@ -241,7 +241,9 @@ class PartyPool:
              for rank in range(total)],
             phase="start-up",
         )
-        ready = self._collect("ready", range(total), phase="start-up")
+        # a one-shot job reports its result as "ready": waiting for it is waiting for the job to run
+        jobs = any(isinstance(p, PartyJob) for p in payloads)
+        ready = self._collect("ready", range(total), phase="start-up or the job" if jobs else "start-up")
         self.setup = dict(ready)
 
     def _accept(self, listener: Listener, total: int) -> dict[int, Connection]:
