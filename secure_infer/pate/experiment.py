@@ -72,6 +72,7 @@ class PatePlan:
     attack_non_members: int = 250
     attack_teachers: int = 20
     attack_shadows: int = 4
+    attack_seeds: tuple[int, ...] = (0, 1, 2, 3)  # independent member sets; the report averages over them
     seed: int = 0
 
     def aggregator(self, teachers: int | None = None) -> Aggregator:
@@ -80,13 +81,13 @@ class PatePlan:
                           sigma_threshold=self.sigma_threshold * k)
 
 
-QUICK = PatePlan(name="quick", curve_points=3, mpc_queries=100, dp_epsilons=(1.0, 8.0))
+QUICK = PatePlan(name="quick", curve_points=3, mpc_queries=100, dp_epsilons=(1.0, 8.0), attack_seeds=(0,))
 FULL = PatePlan()
 
 
 def count_steps(plan: PatePlan) -> int:
     """Progress steps :func:`run_pate` reports."""
-    return 6 + 1 + len(plan.dp_epsilons) + 3
+    return 6 + 1 + len(plan.dp_epsilons) + len(plan.attack_seeds)
 
 
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -181,9 +182,9 @@ def _dp_sgd(plan: PatePlan, data: Dataset, step: Callable[[str], None]) -> list[
     return rows
 
 
-def _attacks(plan: PatePlan, data: Dataset, public_x: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor,
-             step: Callable[[str], None]) -> dict[str, Any]:
-    """Membership inference in the attack suite's overfit setting: victim, DP-SGD, PATE student."""
+def _attack_once(plan: PatePlan, data: Dataset, public_x: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor,
+                 seed: int) -> list[dict[str, Any]]:
+    """One member set: the overfit victim, DP-SGD and a PATE student from the same members, each attacked."""
     from secure_infer.attacks.dp import train_dp
     from secure_infer.attacks.membership import (
         ShadowModels,
@@ -193,46 +194,65 @@ def _attacks(plan: PatePlan, data: Dataset, public_x: torch.Tensor, eval_x: torc
         victim_trainer,
     )
 
-    members, non_members, pool = attack_split(data, plan.attack_members, plan.attack_non_members, seed=plan.seed)
+    members, non_members, pool = attack_split(data, plan.attack_members, plan.attack_non_members, seed=seed)
     trainer = victim_trainer(data)
-    step("membership inference: the overfit victim and its shadow models")
-    victim = trainer(*members, plan.seed)
-    shadows = ShadowModels.train(pool, trainer, count=plan.attack_shadows, size=plan.attack_members,
-                                 seed=plan.seed + 100)
-    step("membership inference: PATE student whose teachers trained on the members")
+    victim = trainer(*members, seed)
+    shadows = ShadowModels.train(pool, trainer, count=plan.attack_shadows, size=plan.attack_members, seed=seed + 100)
     k = min(plan.attack_teachers, plan.attack_members)
-    ensemble = train_teachers(*members, teachers=k, classes=data.num_classes, config=plan.teacher, seed=plan.seed)
+    ensemble = train_teachers(*members, teachers=k, classes=data.num_classes, config=plan.teacher, seed=seed)
     votes = ensemble.votes(public_x)
-    # the main run's noise (absolute sigmas), the threshold scaled to the teachers: epsilon stays comparable
+    # the main run's noise (absolute sigmas), the threshold scaled to the teachers
     main = plan.aggregator()
     aggregator = Aggregator(sigma=main.sigma, threshold=round(plan.threshold * k), sigma_threshold=main.sigma_threshold)
-    labels = _labels(plan, votes, aggregator, plan.parties)
+    labels = _labels(replace(plan, seed=seed), votes, aggregator, plan.parties)
     cost = analysis.epsilon(votes, labels, aggregator, delta=plan.delta)
-    student = (train_student(public_x, labels, _student_builder(data, plan.seed), epochs=plan.student_epochs,
-                             seed=plan.seed) if (labels >= 0).sum() >= 2 else None)
-    step("membership inference: DP-SGD on the members")
-    dp = train_dp(data, *members, target_epsilon=8.0, seed=plan.seed)
-    models: list[tuple[str, torch.nn.Module | None, float | None]] = [
-        ("non-private victim (overfit)", victim, None),
-        (f"DP-SGD, epsilon {dp.epsilon:.2g}", dp.model, dp.epsilon),
-        (f"PATE student, {k} teachers, epsilon {cost.epsilon:.2g}", student, cost.epsilon),
+    student = (train_student(public_x, labels, _student_builder(data, seed), epochs=plan.student_epochs, seed=seed)
+               if (labels >= 0).sum() >= 2 else None)
+    dp = train_dp(data, *members, target_epsilon=8.0, seed=seed)
+    models: list[tuple[str, torch.nn.Module | None, float | None, int | None]] = [
+        ("non-private victim (overfit)", victim, None, None),
+        ("DP-SGD (target epsilon 8)", dp.model, dp.epsilon, None),
+        (f"PATE student ({k} teachers)", student, cost.epsilon, int((labels >= 0).sum())),
     ]
     rows: list[dict[str, Any]] = []
-    for name, model, eps in models:
+    for name, model, eps, answered in models:
         if model is None:
-            rows.append({"model": name, "error": "no query was answered; nothing to attack"})
+            rows.append({"model": name, "epsilon": eps, "answered": answered, "error": "no query was answered"})
             continue
         model.eval()
-        attacks = {"loss": loss_threshold_attack(model, members, non_members, seed=plan.seed),
-                   "lira": lira_offline(model, members, non_members, shadows, seed=plan.seed)}
-        rows.append({"model": name, "epsilon": eps, "accuracy": _accuracy(model, eval_x, eval_y),
+        attacks = {"loss": loss_threshold_attack(model, members, non_members, seed=seed),
+                   "lira": lira_offline(model, members, non_members, shadows, seed=seed)}
+        rows.append({"model": name, "epsilon": eps, "answered": answered, "accuracy": _accuracy(model, eval_x, eval_y),
                      **{f"{a}_auc": r.auc for a, r in attacks.items()},
                      **{f"{a}_tpr_at_1pct_fpr": r.tpr_at_1pct_fpr for a, r in attacks.items()}})
+    return rows
+
+
+def _attacks(plan: PatePlan, data: Dataset, public_x: torch.Tensor, eval_x: torch.Tensor, eval_y: torch.Tensor,
+             step: Callable[[str], None]) -> dict[str, Any]:
+    """Membership inference in the attack suite's overfit setting, over several member sets (seeds).
+
+    One member set of 100 leaves a no-information attack's AUC spread about
+    +-0.034 around 0.5; averaging over independent member sets narrows it.
+    """
+    per_seed = []
+    for i, seed in enumerate(plan.attack_seeds):
+        step(f"membership inference, member set {i + 1} of {len(plan.attack_seeds)}: victim, shadows, DP-SGD, "
+             "PATE student")
+        per_seed.append(_attack_once(plan, data, public_x, eval_x, eval_y, seed))
+    rows: list[dict[str, Any]] = []
+    for j, first in enumerate(per_seed[0]):
+        runs = [seed_rows[j] for seed_rows in per_seed]
+        done = [r for r in runs if "error" not in r]
+        row: dict[str, Any] = {"model": first["model"], "runs": runs, "seeds": len(runs), "attacked": len(done)}
+        for key in ("epsilon", "answered", "accuracy", "loss_auc", "lira_auc", "lira_tpr_at_1pct_fpr"):
+            values = [r[key] for r in (done if key not in ("epsilon", "answered") else runs) if r.get(key) is not None]
+            row[key] = float(np.mean(values)) if values else None
+        rows.append(row)
     m, n = plan.attack_members, plan.attack_non_members
-    return {"members": m, "non_members": n, "teachers": k, "answered": int((labels >= 0).sum()),
-            "delta": plan.delta, "rows": rows,
-            # the spread of a no-information attack's AUC with these many candidates (Mann-Whitney null)
-            "chance_sd": math.sqrt((m + n + 1) / (12 * m * n))}
+    sd = math.sqrt((m + n + 1) / (12 * m * n))  # a no-information attack's AUC spread (Mann-Whitney null)
+    return {"members": m, "non_members": n, "teachers": min(plan.attack_teachers, m), "seeds": list(plan.attack_seeds),
+            "delta": plan.delta, "rows": rows, "chance_sd": sd, "chance_sd_of_mean": sd / math.sqrt(len(per_seed))}
 
 
 def run_pate(plan: PatePlan = FULL, data: Dataset | None = None, *,
@@ -389,17 +409,19 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               "shadow models train on the rest. This is not the setting above: a model trained on the whole "
               "private split generalises and leaks too little for these attacks to measure, so, as in "
               "`secure-infer attack`, the victim is deliberately overfit on a small member set, and the DP-SGD "
-              f"model and the PATE student ({a['teachers']} teachers on those members, {a['answered']} public "
-              "queries answered) are trained from the same members. Chance is AUC 0.5; an attack that learns "
-              f"nothing lands within +-{a['chance_sd']:.3f} of it two times in three with these many candidates.", "",
-              "| model | epsilon | accuracy | loss-attack AUC | LiRA AUC | LiRA TPR at 1% FPR |",
-              "|---|---|---|---|---|---|"]
+              f"model and a PATE student ({a['teachers']} teachers on those members, the main run's noise) are "
+              f"trained from the same members. Figures are means over {len(a['seeds'])} independent member "
+              f"set(s). Chance is AUC 0.5: an attack that learns nothing lands within +-{a['chance_sd']:.3f} of it "
+              f"two times in three on one member set, +-{a['chance_sd_of_mean']:.3f} on the mean.", "",
+              "| model | epsilon | answered | accuracy | loss-attack AUC | LiRA AUC | LiRA TPR at 1% FPR |",
+              "|---|---|---|---|---|---|---|"]
     for r in a["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['model']} | failed: {r['error']} |||||")
+        if r["attacked"] == 0:
+            lines.append(f"| {r['model']} | {_fmt(r['epsilon'])} | {_fmt(r['answered'])} | not attacked: no query "
+                         "was answered ||||")
             continue
-        lines.append(f"| {r['model']} | {_fmt(r['epsilon'])} | {r['accuracy']:.4f} | {r['loss_auc']:.3f} | "
-                     f"{r['lira_auc']:.3f} | {r['lira_tpr_at_1pct_fpr']:.3f} |")
+        lines.append(f"| {r['model']} | {_fmt(r['epsilon'])} | {_fmt(r['answered'])} | {r['accuracy']:.4f} | "
+                     f"{r['loss_auc']:.3f} | {r['lira_auc']:.3f} | {r['lira_tpr_at_1pct_fpr']:.3f} |")
     if report.get("paper_mnist"):
         lines += ["", "## Anchor: Papernot et al. 2018, Table 2 (MNIST, 250 teachers)", "",
                   "| aggregator | queries answered | epsilon | accuracy |", "|---|---|---|---|"]

@@ -16,7 +16,7 @@ from secure_infer.pate.teachers import TeacherConfig
 
 SMALL = dataclasses.replace(experiment.QUICK, name="test", teachers=30, teacher=TeacherConfig(steps=150), queries=120,
                             curve_points=2, mpc_queries=40, student_epochs=40, dp_epsilons=(8.0,),
-                            attack_shadows=2, attack_teachers=10)
+                            attack_shadows=2, attack_teachers=10, attack_seeds=(0, 1))
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,18 @@ def test_curve_dp_sgd_and_attacks(run):
     reference, dp = report["dp_sgd"]
     assert reference["target_epsilon"] is None and reference["accuracy"] > 0.9
     assert 0 < dp["epsilon"] <= 8.0 and dp["accuracy"] > 0.8
-    rows = {r["model"].split(",")[0]: r for r in report["attacks"]["rows"]}
-    assert set(rows) == {"non-private victim (overfit)", "DP-SGD", "PATE student"}
-    victim = rows["non-private victim (overfit)"]
+    attacks = report["attacks"]
+    rows = {r["model"].split(" (")[0]: r for r in attacks["rows"]}
+    assert set(rows) == {"non-private victim", "DP-SGD", "PATE student"}
+    victim = rows["non-private victim"]
     assert victim["loss_auc"] > 0.6  # the overfit victim leaks, so the setting can show a difference
+    assert [r["seeds"] for r in rows.values()] == [len(SMALL.attack_seeds)] * 3
+    assert rows["PATE student"]["epsilon"] > 0
     for r in rows.values():
-        if "error" not in r:
+        if r["attacked"]:
             assert 0.0 <= r["lira_auc"] <= 1.0
+            assert r["loss_auc"] == pytest.approx(np.mean([x["loss_auc"] for x in r["runs"] if "error" not in x]))
+    assert attacks["chance_sd_of_mean"] < attacks["chance_sd"]
 
 
 @pytest.mark.slow
