@@ -73,6 +73,7 @@ class PatePlan:
     attack_teachers: int = 20
     attack_shadows: int = 4
     attack_seeds: tuple[int, ...] = (0, 1, 2, 3)  # independent member sets; the report averages over them
+    attack_noise: tuple[float, ...] = (1.0, 2.0)  # PATE students in the attack setting, noise relative to the main run
     seed: int = 0
 
     def aggregator(self, teachers: int | None = None) -> Aggregator:
@@ -201,19 +202,22 @@ def _attack_once(plan: PatePlan, data: Dataset, public_x: torch.Tensor, eval_x: 
     k = min(plan.attack_teachers, plan.attack_members)
     ensemble = train_teachers(*members, teachers=k, classes=data.num_classes, config=plan.teacher, seed=seed)
     votes = ensemble.votes(public_x)
-    # the main run's noise (absolute sigmas), the threshold scaled to the teachers
-    main = plan.aggregator()
-    aggregator = Aggregator(sigma=main.sigma, threshold=round(plan.threshold * k), sigma_threshold=main.sigma_threshold)
-    labels = _labels(replace(plan, seed=seed), votes, aggregator, plan.parties)
-    cost = analysis.epsilon(votes, labels, aggregator, delta=plan.delta)
-    student = (train_student(public_x, labels, _student_builder(data, seed), epochs=plan.student_epochs, seed=seed)
-               if (labels >= 0).sum() >= 2 else None)
     dp = train_dp(data, *members, target_epsilon=8.0, seed=seed)
     models: list[tuple[str, torch.nn.Module | None, float | None, int | None]] = [
         ("non-private victim (overfit)", victim, None, None),
         ("DP-SGD (target epsilon 8)", dp.model, dp.epsilon, None),
-        (f"PATE student ({k} teachers)", student, cost.epsilon, int((labels >= 0).sum())),
     ]
+    main = plan.aggregator()
+    for scale in plan.attack_noise:
+        # the main run's noise (absolute sigmas) times ``scale``, the threshold scaled to the teachers
+        aggregator = Aggregator(sigma=main.sigma * scale, threshold=round(plan.threshold * k),
+                                sigma_threshold=main.sigma_threshold * scale)
+        labels = _labels(replace(plan, seed=seed), votes, aggregator, plan.parties)
+        cost = analysis.epsilon(votes, labels, aggregator, delta=plan.delta)
+        student = (train_student(public_x, labels, _student_builder(data, seed), epochs=plan.student_epochs,
+                                 seed=seed) if (labels >= 0).sum() >= 2 else None)
+        models.append((f"PATE student ({k} teachers, {scale:g}x the main run's noise)", student, cost.epsilon,
+                       int((labels >= 0).sum())))
     rows: list[dict[str, Any]] = []
     for name, model, eps, answered in models:
         if model is None:
@@ -409,7 +413,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               "shadow models train on the rest. This is not the setting above: a model trained on the whole "
               "private split generalises and leaks too little for these attacks to measure, so, as in "
               "`secure-infer attack`, the victim is deliberately overfit on a small member set, and the DP-SGD "
-              f"model and a PATE student ({a['teachers']} teachers on those members, the main run's noise) are "
+              f"model and PATE students ({a['teachers']} teachers on those members; the main run's noise, and more) are "
               f"trained from the same members. Figures are means over {len(a['seeds'])} independent member "
               f"set(s). Chance is AUC 0.5: an attack that learns nothing lands within +-{a['chance_sd']:.3f} of it "
               f"two times in three on one member set, +-{a['chance_sd_of_mean']:.3f} on the mean.", "",

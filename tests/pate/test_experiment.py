@@ -64,12 +64,14 @@ def test_curve_dp_sgd_and_attacks(run):
     assert reference["target_epsilon"] is None and reference["accuracy"] > 0.9
     assert 0 < dp["epsilon"] <= 8.0 and dp["accuracy"] > 0.8
     attacks = report["attacks"]
-    rows = {r["model"].split(" (")[0]: r for r in attacks["rows"]}
+    rows = {r["model"].split(" (")[0]: r for r in attacks["rows"]}  # the last PATE student stands for all
     assert set(rows) == {"non-private victim", "DP-SGD", "PATE student"}
     victim = rows["non-private victim"]
     assert victim["loss_auc"] > 0.6  # the overfit victim leaks, so the setting can show a difference
     assert [r["seeds"] for r in rows.values()] == [len(SMALL.attack_seeds)] * 3
-    assert rows["PATE student"]["epsilon"] > 0
+    students = [r for r in attacks["rows"] if r["model"].startswith("PATE student")]
+    assert len(students) == len(SMALL.attack_noise)
+    assert students[0]["epsilon"] > students[1]["epsilon"] > 0  # more noise, less epsilon
     for r in rows.values():
         if r["attacked"]:
             assert 0.0 <= r["lira_auc"] <= 1.0
