@@ -358,9 +358,9 @@ def fl(
 def pate(
     out: Annotated[Path, typer.Option(help="folder for report.md, report.json and the plot")] = Path("pate-report"),
     quick: Annotated[bool, typer.Option("--quick", help="fewer MPC queries, curve points and DP-SGD runs")] = False,
-    teachers: Annotated[int | None, typer.Option(help="teachers (default 75 on digits, 250 on MNIST)")] = None,
-    queries: Annotated[int | None, typer.Option(help="public inputs the student asks about "
-                                                     "(default 300 on digits, 1000 on MNIST)")] = None,
+    teachers: Annotated[int | None, typer.Option(min=1, help="teachers (default 90 on digits, 250 on MNIST)")] = None,
+    queries: Annotated[int | None, typer.Option(min=1, help="public inputs the student asks about "
+                                                            "(default 300 on digits, 1000 on MNIST)")] = None,
     parties: Annotated[int, typer.Option(help="CrypTen silos that count the vote (2 or more)")] = 3,
     dataset: Annotated[str, typer.Option(help="digits, or mnist with --mnist-path")] = "digits",
     mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files")] = None,
@@ -382,8 +382,8 @@ def pate(
                                    sigma=0.16)  # the paper's T=200, sigma1=150, sigma2=40 at 250 teachers
     else:
         data = datasets.load(dataset, seed=seed)
-    plan = dataclasses.replace(plan, teachers=teachers or plan.teachers, queries=queries or plan.queries,
-                               parties=parties, seed=seed)
+    plan = dataclasses.replace(plan, teachers=plan.teachers if teachers is None else teachers,
+                               queries=plan.queries if queries is None else queries, parties=parties, seed=seed)
     printer = Output()
     with printer.progress() as progress:
         task = progress.add_task("pate", total=experiment.count_steps(plan))

@@ -21,13 +21,26 @@ Privacy's research code needs TensorFlow. The tests check each bound against
 the exact Renyi divergence of the released label, computed numerically for
 small vote histograms and every neighbouring histogram.
 
+Who the numbers are for: :func:`epsilon` states the cost for whoever sees
+the released labels (the student, everyone outside the silos), at the noise
+those labels carry; with the noise split among silos it adds what a curious
+silo, which knows its own share, is guaranteed (data-independent, at the
+noise it does not know).
+
+Neighbouring data sets differ by adding or removing one private example, as
+for DP-SGD: :func:`~secure_infer.pate.teachers.train_teachers` assigns each
+example to a teacher by a keyed hash of its content, so adding or removing
+one changes one teacher's share and nothing else.
+
 What the numbers mean: the data-dependent epsilon is a function of the
 private votes, as in the paper's tables. The paper additionally releases it
 through smooth-sensitivity noise; that step is not implemented here, so a
 published data-dependent epsilon is itself a (small) disclosure. The
 data-independent epsilon (:attr:`PrivacyCost.epsilon_data_independent`)
 needs no such step and is reported beside it. As in the paper, a query the
-threshold declined is charged for the check only.
+threshold declined is charged for the check only. The noise shares are
+rounded to CrypTen's 2^-16 grid; the analysis treats the noise as the
+Gaussian it is to within that rounding.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ ORDERS = np.unique(np.concatenate([np.arange(1.25, 2.0, 0.25), np.arange(2, 65, 
 __all__ = [
     "ORDERS",
     "PrivacyCost",
+    "cumulative_epsilon",
     "epsilon",
     "log_q_gnmax",
     "query_costs",
@@ -55,6 +69,7 @@ __all__ = [
     "rdp_gnmax_data_independent",
     "rdp_threshold",
     "rdp_threshold_data_independent",
+    "released",
 ]
 
 
@@ -70,7 +85,8 @@ def _log1mexp(x: float) -> float:
 def _orders(orders: np.ndarray | None) -> np.ndarray:
     out = ORDERS if orders is None else np.atleast_1d(np.asarray(orders, dtype=np.float64))
     if np.any(out <= 1):
-        raise ParameterError("Renyi orders must be > 1")
+        raise ParameterError(f"Renyi orders must all be > 1; got {out[out <= 1][:3].tolist()}: drop them "
+                             "(orders=None uses the built-in grid)")
     return out
 
 
@@ -156,15 +172,18 @@ def rdp_threshold(top_votes: float, threshold: float, sigma: float,
 
 @dataclass(frozen=True)
 class PrivacyCost:
-    """What a run of PATE queries spent, as (epsilon, delta)-DP.
+    """What a run of PATE queries spent, as (epsilon, delta)-DP, for whoever sees the released labels.
 
     Attributes:
         epsilon: data-dependent epsilon (the paper's analysis) at ``delta``.
         epsilon_data_independent: the bound that holds whatever the votes were.
-        delta: the delta both epsilons are stated at.
+        delta: the delta every epsilon is stated at.
         order: the Renyi order at which ``epsilon`` is attained.
         queries: queries the student asked.
         answered: queries that got a label (all of them under plain GNMax).
+        epsilon_silo: with the noise split among silos, what a curious silo
+            (which knows its own share) is guaranteed: data-independent, at the
+            noise it does not know. None for a single aggregator.
     """
 
     epsilon: float
@@ -173,6 +192,7 @@ class PrivacyCost:
     order: float
     queries: int
     answered: int
+    epsilon_silo: float | None = None
 
 
 def query_costs(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator,
@@ -201,24 +221,65 @@ def query_costs(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator,
     return dependent, independent
 
 
+def released(aggregator: Aggregator, *, parties: int = 1, colluders: int = 0) -> Aggregator:
+    """The noise the released labels carry when ``parties`` silos each add a share.
+
+    Shares are sized so the noise unknown to any ``colluders`` silos has
+    ``aggregator``'s sigmas (see :func:`~secure_infer.pate.aggregation.noise_shares`);
+    the sum of all of them, which is what anyone outside the silos sees, is
+    Gaussian with sigmas larger by sqrt(parties / (parties - colluders)).
+    """
+    if parties < 1 or not 0 <= colluders < parties:
+        raise ParameterError(f"colluders must be in 0..{max(parties - 1, 0)} for {parties} parties, got {colluders}")
+    scale = math.sqrt(parties / (parties - colluders))
+    return Aggregator(sigma=aggregator.sigma * scale, threshold=aggregator.threshold,
+                      sigma_threshold=aggregator.sigma_threshold * scale)
+
+
+def _composed(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, parties: int, colluders: int,
+              alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per-query RDP for the released labels (data-dependent, data-independent) and, with silos, a silo's.
+
+    A silo's view (its share, then the labels) has the labels of a mechanism
+    whose unknown noise has ``aggregator``'s sigmas around a histogram shifted
+    by the share; the shift does not depend on the data, so the Gaussian
+    mechanism's data-independent RDP bounds it. The labels alone are a
+    function of that view, so their cost is at most the silo's too (the
+    data-dependent bound is not monotone in sigma; the smaller of the two is
+    taken order by order).
+    """
+    seen = released(aggregator, parties=parties, colluders=colluders)
+    dependent, independent = query_costs(votes, labels, seen, alphas)
+    if parties == 1:
+        return dependent, independent, None
+    _, silo = query_costs(votes, labels, aggregator, alphas)
+    return np.minimum(dependent, silo), np.minimum(independent, silo), silo
+
+
 def epsilon(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, delta: float = 1e-5,
-            orders: np.ndarray | None = None) -> PrivacyCost:
-    """The (epsilon, delta) a student's queries cost, from the composed per-query RDP."""
+            parties: int = 1, colluders: int = 0, orders: np.ndarray | None = None) -> PrivacyCost:
+    """The (epsilon, delta) a student's queries cost, from the composed per-query RDP.
+
+    ``parties``/``colluders``: how the noise was made (see :func:`released`);
+    the default is one aggregator adding all of it.
+    """
     if not 0 < delta < 1:
         raise ParameterError(f"delta must be in (0, 1), got {delta}")
     alphas = _orders(orders)
-    dependent, independent = query_costs(votes, labels, aggregator, alphas)
+    dependent, independent, silo = _composed(votes, labels, aggregator, parties, colluders, alphas)
     eps, order = _spent(alphas, dependent.sum(axis=0), delta)
     eps_di, _ = _spent(alphas, independent.sum(axis=0), delta)
+    eps_silo = None if silo is None else _spent(alphas, silo.sum(axis=0), delta)[0]
     labels = np.asarray(labels)
-    return PrivacyCost(float(eps), float(eps_di), delta, float(order), len(labels), int((labels >= 0).sum()))
+    return PrivacyCost(float(eps), float(eps_di), delta, float(order), len(labels), int((labels >= 0).sum()),
+                       eps_silo)
 
 
 def cumulative_epsilon(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, delta: float = 1e-5,
-                       orders: np.ndarray | None = None) -> np.ndarray:
-    """Data-dependent epsilon after each query (for plotting epsilon against answered queries)."""
+                       parties: int = 1, colluders: int = 0, orders: np.ndarray | None = None) -> np.ndarray:
+    """Data-dependent epsilon of the released labels after each query (epsilon against answers obtained)."""
     alphas = _orders(orders)
-    dependent, _ = query_costs(votes, labels, aggregator, alphas)
+    dependent, _, _ = _composed(votes, labels, aggregator, parties, colluders, alphas)
     running = np.cumsum(dependent, axis=0)
     return np.array([_spent(alphas, r, delta)[0] for r in running])
 

@@ -71,7 +71,7 @@ answered; 2 shared CPU cores): about 55.7 kB sent per query over all parties,
 dealer; 161 for the others), 11 ms of MPC work per query, and 0.074 s per query
 wall time, most of it the parties' start-up (about 12 s per call). Without the
 dealer: 51.2 kB, 0.8 rounds (161 a chunk) and 8 ms per query. Bytes grow with
-queries and classes, rounds with chunks.
+queries and classes, rounds with chunks; `secure-infer pate` reports the figures of its own run.
 
 Each party checks, in one all-gather before anything is shared, that all of
 them were given the same public job (aggregator, offset, parties, colluders,
@@ -190,9 +190,14 @@ def _check_votes(silo_votes: Any, parties: int) -> list[np.ndarray]:
     return out
 
 
-def _check_ring(aggregator: Aggregator, classes: int, most_votes: float) -> None:
-    """Refuse settings whose tie-broken values could overflow CrypTen's 64-bit ring."""
-    noise = _NOISE_BOUND * max(aggregator.sigma, aggregator.sigma_threshold)
+def _check_ring(aggregator: Aggregator, classes: int, most_votes: float, parties: int, colluders: int) -> None:
+    """Refuse settings whose tie-broken values could overflow CrypTen's 64-bit ring.
+
+    The summed noise has the released sigmas (every silo's share), larger
+    than ``aggregator``'s by sqrt(parties / (parties - colluders)).
+    """
+    total = math.sqrt(parties / (parties - colluders))
+    noise = _NOISE_BOUND * total * max(aggregator.sigma, aggregator.sigma_threshold)
     if classes * (most_votes + noise) >= _RING_UNITS:
         raise ParameterError(f"classes * (votes + 64 sigma) = {classes * (most_votes + noise):.3g} does not fit "
                              f"CrypTen's fixed-point ring (limit {_RING_UNITS:.3g}); lower sigma or the counts")
@@ -278,7 +283,8 @@ class VoteAggregationJob(PartyJob):
         if int(crypten.cfg.encoder.precision_bits) != PRECISION_BITS:
             raise ProtocolError(f"the noise shares lie on the 2^-{PRECISION_BITS} grid; CrypTen runs with "
                                 f"{crypten.cfg.encoder.precision_bits} fractional bits")
-        _check_ring(self.aggregator, int(np.shape(self.votes)[-1]), float(self.parties * MAX_VOTES))
+        _check_ring(self.aggregator, int(np.shape(self.votes)[-1]), float(self.parties * MAX_VOTES), self.parties,
+                    self.colluders)
         comm = crypten.communicator.get()
         # one round: every silo's public job digest and whether its own votes are valid counts
         mine = torch.tensor([_digest(self.description()), int(self._valid_votes())], dtype=torch.long)
@@ -398,9 +404,13 @@ class MPCVoteAggregator:
     the labels reproducible by whoever holds the seeds (tests, simulations; see
     the module's note on seeds). Successive calls draw fresh noise even with
     fixed seeds: each call's queries take the next query indices in the noise
-    generators (:attr:`offset` advances), so two calls never reuse the noise
-    of one query index (reused noise on different votes could be differenced
-    away).
+    generators (:attr:`offset` advances), so two calls of one instance never
+    reuse the noise of one query index (reused noise on different votes could
+    be differenced away). A new instance with the same fixed seeds starts at
+    ``offset`` again: keep one instance, or pass the offset on, when seeds
+    are fixed. A call that fails keeps its offset, although a failure after
+    some chunks were opened has used their noise: start the next call past
+    them (or use secret seeds, the default, where none of this arises).
     """
 
     job_class: type[VoteAggregationJob] = VoteAggregationJob
@@ -429,7 +439,8 @@ class MPCVoteAggregator:
     def jobs(self, silo_votes: Sequence[np.ndarray]) -> list[VoteAggregationJob]:
         """Each silo's job for the next call: its own votes and the public parameters."""
         votes = _check_votes(silo_votes, self.parties)
-        _check_ring(self.aggregator, votes[0].shape[1], float(sum(v.max() for v in votes)))
+        _check_ring(self.aggregator, votes[0].shape[1], float(sum(v.max() for v in votes)), self.parties,
+                    self.colluders)
         return [
             self.job_class(i, self.parties, votes[i], self.aggregator, self.colluders, self.seeds[i],
                            self.offset, self.chunk)

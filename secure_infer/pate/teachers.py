@@ -4,8 +4,9 @@ What: :func:`train_teachers` splits the private training set into ``k``
 disjoint parts and trains one small classifier per part. All ``k`` are one
 batched network (their weights stacked along a leading teacher axis), so 250
 teachers train in seconds on a CPU. Disjointness is what the privacy analysis
-rests on: changing one private example changes one teacher, hence moves at
-most one vote per query. :func:`train_student` trains an ordinary model on
+rests on: adding or removing one private example changes one teacher (each
+example's teacher is a keyed hash of its content, :func:`assign`), hence
+moves at most one vote per query. :func:`train_student` trains an ordinary model on
 the public inputs the aggregator labelled; the student is what gets released.
 
 Why small teachers: each sees only ``n / k`` examples, so a linear or
@@ -15,6 +16,7 @@ agreement (what makes answers cheap in privacy) comes from their number.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from torch import nn
 from secure_infer._errors import ParameterError
 from secure_infer.pate.aggregation import vote_histograms
 
-__all__ = ["TeacherConfig", "TeacherEnsemble", "train_student", "train_teachers"]
+__all__ = ["TeacherConfig", "TeacherEnsemble", "assign", "train_student", "train_teachers"]
 
 
 @dataclass(frozen=True)
@@ -103,22 +105,39 @@ class TeacherEnsemble:
         return (self.predict(x) == y.numpy()[None, :]).mean(axis=1)
 
 
+def assign(x: torch.Tensor, y: torch.Tensor, teachers: int, *, seed: int = 0) -> np.ndarray:
+    """Which teacher each example goes to: a keyed hash of its content (input and label).
+
+    Adding or removing one example then changes that example's teacher and no
+    other, which is the neighbouring relation DP-SGD's epsilon is stated
+    for; a shuffled equal split would reshuffle every share.
+    """
+    key = seed.to_bytes(8, "little", signed=True)
+    xs = x.reshape(len(x), -1).float().numpy()
+    ys = y.numpy().astype(np.int64)
+    owner = np.empty(len(xs), dtype=np.int64)
+    for i, (row, label) in enumerate(zip(xs, ys, strict=True)):
+        digest = hashlib.blake2b(row.tobytes() + label.tobytes(), digest_size=8, key=key).digest()
+        owner[i] = int.from_bytes(digest, "little") % teachers
+    return owner
+
+
 def train_teachers(x: torch.Tensor, y: torch.Tensor, *, teachers: int, classes: int,
                    config: TeacherConfig = TeacherConfig(), seed: int = 0,
                    on_step: Callable[[int, int], None] | None = None) -> TeacherEnsemble:
     """Train ``teachers`` models, each on its own disjoint share of ``(x, y)``.
 
-    Shares are a seeded random partition, sizes differing by at most one.
+    Shares come from :func:`assign` (sizes vary around ``len(x) / teachers``).
     ``on_step(done, total)`` reports training progress.
     """
     if teachers < 1 or teachers > len(x):
         raise ParameterError(f"teachers must be between 1 and the {len(x)} private examples, got {teachers}")
     if len(x) != len(y):
-        raise ParameterError("private inputs and labels differ in length")
+        raise ParameterError(f"private inputs and labels differ in length: {len(x)} inputs, {len(y)} labels")
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=generator).numpy()
-    parts = tuple(np.sort(p) for p in np.array_split(order, teachers))
-    size = max(len(p) for p in parts)
+    owner = assign(x, y, teachers, seed=seed)
+    parts = tuple(np.flatnonzero(owner == t) for t in range(teachers))
+    size = max(max(len(p) for p in parts), 1)
     flat = x.reshape(len(x), -1).float()
     batch = torch.zeros(teachers, size, flat.shape[1])
     targets = torch.zeros(teachers, size, dtype=torch.long)
@@ -129,7 +148,7 @@ def train_teachers(x: torch.Tensor, y: torch.Tensor, *, teachers: int, classes: 
         mask[t, : len(idx)] = 1.0
     net = _Stacked(teachers, flat.shape[1], config.hidden, classes, generator)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    counts = mask.sum(1)
+    counts = mask.sum(1).clamp(min=1)  # a teacher the hash gave nothing keeps its initial weights
     for step in range(config.steps):
         opt.zero_grad()
         loss = nn.functional.cross_entropy(net(batch).reshape(-1, classes), targets.reshape(-1), reduction="none")

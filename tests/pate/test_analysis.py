@@ -80,16 +80,44 @@ def test_log_q_is_the_union_bound_and_is_capped():
     assert analysis.log_q_gnmax(np.array([5.0, 5.0, 5.0]), sigma) == pytest.approx(math.log(2 / 3))
 
 
-@pytest.mark.parametrize("top,threshold,sigma", [(40.0, 30.0, 5.0), (20.0, 30.0, 5.0), (30.0, 30.0, 8.0)])
-def test_threshold_bound_is_the_exact_bernoulli_divergence(top, threshold, sigma):
-    bound = analysis.rdp_threshold(top, threshold, sigma, ALPHAS)
+@pytest.mark.parametrize("votes,threshold,sigma", [
+    (np.array([40.0, 6.0, 4.0]), 30.0, 5.0),   # far above T
+    (np.array([20.0, 18.0, 12.0]), 30.0, 5.0),  # below T, runner-up close: a moved vote can change which class is top
+    (np.array([30.0, 10.0, 10.0]), 30.0, 8.0),  # at T
+    (np.array([17.0, 17.0, 16.0]), 18.0, 3.0),  # a tie at the top
+])
+def test_threshold_bound_holds_for_every_neighbouring_histogram(votes, threshold, sigma):
+    """The answered bit's exact divergence against each histogram one moved vote produces."""
+    bound = analysis.rdp_threshold(float(votes.max()), threshold, sigma, ALPHAS)
 
-    def bit(t: float) -> np.ndarray:
-        p = stats.norm.sf((threshold - t) / sigma)
+    def bit(v: np.ndarray) -> np.ndarray:
+        p = stats.norm.sf((threshold - v.max()) / sigma)
         return np.log([p, 1 - p])
 
-    exact = np.array([max(renyi(bit(top), bit(top + d), a) for d in (-1, 1)) for a in ALPHAS])
-    np.testing.assert_allclose(bound, np.minimum(exact, ALPHAS / (2 * sigma**2)), rtol=1e-6, atol=1e-14)
+    exact = np.array([max(renyi(bit(votes), bit(n), a) for n in neighbours(votes)) for a in ALPHAS])
+    assert np.all(exact <= bound * (1 + 1e-9) + 1e-15), (exact, bound)
+    assert np.all(bound <= ALPHAS / (2 * sigma**2) + 1e-15)
+    if votes.max() != threshold:  # away from T the data-dependent cost is below the data-independent one
+        assert bound[0] < ALPHAS[0] / (2 * sigma**2)
+
+
+def test_silo_shares_released_noise_and_the_silo_guarantee():
+    agg = Aggregator(sigma=10.0, threshold=30.0, sigma_threshold=8.0)
+    seen = analysis.released(agg, parties=3, colluders=1)
+    assert seen.sigma == pytest.approx(10.0 * math.sqrt(1.5)) and seen.sigma_threshold == pytest.approx(8.0 * math.sqrt(1.5))
+    votes = np.array([[45, 3, 2], [20, 18, 12], [48, 1, 1], [31, 10, 9]] * 25, dtype=float)
+    labels = np.where(votes.max(1) > 30, votes.argmax(1), -1)
+    silo = analysis.epsilon(votes, labels, agg, parties=3, colluders=1)
+    alone = analysis.epsilon(votes, labels, agg)
+    outside = analysis.epsilon(votes, labels, seen)
+    # a silo's guarantee: the data-independent one at the noise it does not know
+    assert silo.epsilon_silo == pytest.approx(alone.epsilon_data_independent)
+    # the labels cost no more than the silo's view, and no more than the released noise's own analysis
+    assert silo.epsilon <= min(silo.epsilon_silo, outside.epsilon) + 1e-9
+    assert silo.epsilon_data_independent <= outside.epsilon_data_independent + 1e-9
+    assert alone.epsilon_silo is None
+    with pytest.raises(ParameterError, match="colluders"):
+        analysis.released(agg, parties=2, colluders=2)
 
 
 def test_epsilon_composes_and_charges_declined_queries_for_the_check_only():
