@@ -73,8 +73,8 @@ class Aggregator:
     @property
     def name(self) -> str:
         if self.threshold is None:
-            return f"GNMax (sigma={self.sigma:g})"
-        return f"Confident-GNMax (T={self.threshold:g}, sigma1={self.sigma_threshold:g}, sigma2={self.sigma:g})"
+            return f"GNMax (sigma={self.sigma:.4g})"
+        return f"Confident-GNMax (T={self.threshold:.4g}, sigma1={self.sigma_threshold:.4g}, sigma2={self.sigma:.4g})"
 
 
 @dataclass(frozen=True)

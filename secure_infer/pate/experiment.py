@@ -396,8 +396,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               "example (each example's teacher is a hash of its content), as for DP-SGD. It depends on the private "
               "votes; the paper publishes it through smooth-sensitivity noise, which is not implemented here, so "
               "the data-independent column is the guarantee that needs no such step. A curious silo knows its own "
-              f"noise share: what it is guaranteed is data-independent, at the noise no {plan['colluders']} silo(s) "
-              "know. The aggregator's settings were chosen on this split with the public inputs' true labels and "
+              f"noise share: what it is guaranteed is data-independent, at the noise that no {plan['colluders']} silo(s) "
+              "knows together. The aggregator's settings were chosen on this split with the public inputs' true labels and "
               "the private votes in view (the most answers with label accuracy >= 0.95 at epsilon <= 4); a real "
               "deployment would tune on other data, and that choice is not in the epsilon. Accuracy is over "
               f"{report['eval_examples']} examples: one example is {1 / report['eval_examples']:.3f}.", ""]
