@@ -81,3 +81,12 @@ def test_generated_grpc_code_matches_the_proto(tmp_path: Path) -> None:
         committed = (ROOT / "protocols" / "he" / "proto" / name).read_text()
         assert fresh == committed, (f"{name} is stale: regenerate with python -m grpc_tools.protoc -I. --python_out=. "
                                     f"--pyi_out=. --grpc_python_out=. {proto}")
+
+
+def test_test_module_names_are_unique() -> None:
+    """Test folders have no __init__.py, so pytest imports test modules by basename: two alike break collection."""
+    import collections
+
+    root = Path(__file__).resolve().parent
+    names = collections.Counter(p.name for p in root.rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1], "rename the test modules that share a basename"
