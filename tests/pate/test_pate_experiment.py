@@ -15,7 +15,7 @@ from secure_infer.pate import experiment
 from secure_infer.pate.teachers import TeacherConfig
 
 SMALL = dataclasses.replace(experiment.QUICK, name="test", teachers=30, teacher=TeacherConfig(steps=150), queries=120,
-                            curve_points=2, mpc_queries=40, student_epochs=40, dp_epsilons=(8.0,),
+                            curve_points=2, noise_draws=3, mpc_queries=40, student_epochs=40, dp_epsilons=(8.0,),
                             attack_shadows=2, attack_teachers=10, attack_seeds=(0, 1))
 
 
@@ -43,6 +43,13 @@ def test_every_part_is_measured(run):
     # the student learned something from the noisy answers
     assert confident["accuracy"] > 0.5
     assert report["eval_examples"] == 450 - SMALL.queries
+    draws = report["noise_draws"]
+    assert [d["seed"] for d in draws] == list(range(SMALL.seed, SMALL.seed + SMALL.noise_draws))
+    # the first draw is the headline row's own noise: same answers, same epsilon, same student
+    assert draws[0]["answered"] == confident["answered"]
+    assert draws[0]["epsilon"] == pytest.approx(confident["epsilon"])
+    assert draws[0]["accuracy"] == pytest.approx(confident["accuracy"])
+    assert len({d["answered"] for d in draws}) > 1 or len({d["epsilon"] for d in draws}) > 1  # other noise, other run
 
 
 @pytest.mark.slow
