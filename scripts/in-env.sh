@@ -27,7 +27,7 @@ if [ ! -f "$stamp_file" ] || [ "$(cat "$stamp_file")" != "$stamp_value" ]; then
         echo "secure-infer: torch from $SECURE_INFER_TORCH_INDEX" >&2
     fi
     "${pip[@]}" install ${torch_index[@]+"${torch_index[@]}"} "torch==2.13.0"
-    "${pip[@]}" install -e "$root[test,fl]"
+    "${pip[@]}" install -e "$root[test,fl,cluster]"
     # crypten's declared requirements are broken; what it imports is in pyproject.
     "${pip[@]}" install --no-deps "crypten==0.4.1"
     echo "$stamp_value" > "$stamp_file"

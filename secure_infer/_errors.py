@@ -9,7 +9,8 @@ the module path, input field or peer involved and says what to do instead::
     ├── DatasetError            a data set that is missing or malformed
     ├── BackendUnavailableError an optional backend or device that is not installed/present
     ├── ProtocolError           a malformed or unexpected message between parties
-    └── PartyFailure            a party that died, timed out or could not start
+    ├── PartyFailure            a party that died, timed out or could not start
+    └── EngineError             a block of a distributed job that failed or kept losing its worker
 
 Raw tracebacks from CrypTen, ONNX or SEAL never reach the user for a model
 problem: backends translate them into one of these.
@@ -80,3 +81,7 @@ __all__ = [
     "SecureInferError",
     "UnsupportedModelError",
 ]
+
+
+class EngineError(SecureInferError):
+    """A block of a distributed job that failed, or whose workers kept being lost (:mod:`secure_infer.engine`)."""

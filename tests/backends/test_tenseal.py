@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -313,44 +315,22 @@ def test_outputs_wider_than_a_ciphertext_are_split() -> None:
         assert float((enc(x) - hidden(x)).abs().max()) < 1e-3
 
 
-def test_batch_workers_split_rows_across_processes_and_agree() -> None:
+def test_batch_workers_evaluate_blocks_in_worker_processes_and_agree() -> None:
     model = _square_net()
-    x = torch.rand(20, 1, 8, 8)
+    x = torch.rand(4100, 1, 8, 8)
     enc = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=x, workers=2)
-    assert enc.program.plan.workers == 2
+    assert enc.program.params.slots < len(x)  # two blocks
     with torch.no_grad():
-        assert float((enc(x) - model(x)).abs().max()) < 1e-2
+        assert float((enc(x) - model(x)).abs().max()) < 5e-2
+    engine = enc.program._engine
+    assert engine is not None and engine.worker_pids() and os.getpid() not in engine.worker_pids()
+    assert enc.last_run.extra["ciphertexts_in"] == 2 * 64 and enc.last_run.batch_size == 4100
+    enc.close()
+    assert enc.program._engine is None
     with pytest.raises(si.ParameterError, match="batch"):
         si.wrap(model, "tenseal", sample_input=x[:1], mode="latency", workers=2)
     with pytest.raises(si.ParameterError, match="positive integer"):
         si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", workers=0)
-
-
-def test_a_failed_batch_worker_costs_time_not_answers() -> None:
-    import os
-
-    from secure_infer.backends.tenseal._execute import BatchPlan
-    from secure_infer.backends.tenseal._seal import ClientKeys, ServerContext
-
-    params = CKKSParameters(4096, (38, 30, 40), 30)
-    keys = ClientKeys(params, ())
-    server = ServerContext(params, None)
-    server.load_keys(keys.public_blobs, ())
-    cts = [keys.encrypt(np.full(params.slots, float(v))) for v in range(6)]
-    plan = BatchPlan(None, server, params.slots, workers=2)  # type: ignore[arg-type]
-    # a healthy worker's rows come back through files, in row order
-    out = plan._split_rows(lambda lo, hi: cts[lo:hi], 6, server)
-    assert [round(float(keys.decrypt(c)[0])) for c in out] == list(range(6))
-    parent = os.getpid()
-
-    def dies_in_the_child(lo: int, hi: int) -> list:
-        if os.getpid() != parent:
-            os._exit(3)
-        return cts[lo:hi]
-
-    with pytest.warns(RuntimeWarning, match="failed"):
-        out = plan._split_rows(dies_in_the_child, 6, server)
-    assert [round(float(keys.decrypt(c)[0])) for c in out] == list(range(6))
 
 
 def test_latency_square_chain_is_faster_with_smaller_keys_and_agrees() -> None:

@@ -11,6 +11,7 @@ method, few rotation keys); ``mode="batch"`` packs one input per slot
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 from secure_infer._errors import ParameterError, UnsupportedModelError
 from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
-from secure_infer.backends.tenseal._client import Layout, LayoutClient
+from secure_infer.backends.tenseal._blocks import BlockEvaluator, BlockResult, stream
+from secure_infer.backends.tenseal._client import Layout, LayoutClient, RunTotals
 from secure_infer.backends.tenseal._compile import Compiled, compile_graph, square_chain
 from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
 from secure_infer.backends.tenseal._params import CKKSParameters, choose, choose_square_chain
@@ -33,6 +35,7 @@ from secure_infer.backends.tenseal._seal import (
     serialized_size,
     to_bytes,
 )
+from secure_infer.engine import Engine, LocalEngine, split
 from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
@@ -134,7 +137,7 @@ class TensealProgram(Program):
                                                              len(self.params.coeff_mod_bit_sizes) - 1)
             steps = tuple(sorted(self.plan.rotation_steps))
         else:
-            self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits, workers)
+            self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits)
             steps = ()
         self.published = Layout(
             mode=mode, input_shape=tuple(graph.input_shape[1:]), output_size=self.compiled.output_size,
@@ -155,6 +158,9 @@ class TensealProgram(Program):
         self.key_bytes = public.sizes()
         self.conversions = list(graph.conversions) + _conversions(graph, self.compiled)
         self._ct_in_bytes: int | None = None
+        self.workers = workers
+        self._engine: LocalEngine | None = None  # started on the first call that spans several blocks
+        self._spec: BlockEvaluator | None = None
         self.noise: float | None = None  # CKKS rounding noise, measured by run() (wrap's run on the sample)
 
     @property
@@ -183,8 +189,51 @@ class TensealProgram(Program):
         approximation errors, so the model owner holds no secret key at all.
         """
         self.client = None
+        self._spec = None
+        self.close()
         self.server = ServerContext(self.params, None)
         self.plan.server = self.server
+
+    def worker_spec(self) -> BlockEvaluator:
+        """What a batch-mode worker needs (public material only): see :mod:`secure_infer.engine`."""
+        if not isinstance(self.plan, BatchPlan):
+            raise ParameterError("only mode='batch' evaluates blocks on workers; wrap with mode='batch'")
+        if self.client is None:
+            raise ParameterError("this program holds no key pair (forget_client_keys() was called)")
+        if self._spec is None:  # one object, so an engine that holds it already does not restart its workers
+            self._spec = BlockEvaluator(self.params, self.compiled, self.weight_bits,
+                                        dict(self.client.keys.public_blobs), self.client.keys.rotation_steps)
+        return self._spec
+
+    def stream(self, x: torch.Tensor | np.ndarray, engine: Engine, *, blocks: list[tuple[int, range]] | None = None,
+               on_encrypted: Callable[[int], None] | None = None) -> Iterator[BlockResult]:
+        """Batch mode over ``engine``: encrypt ``x``'s blocks here, evaluate them on its workers, decrypt here.
+
+        ``blocks``: ``(index, rows)`` pairs to run (default: all of ``x`` in
+        slot-sized blocks); results come in completion order, each with its
+        rows. The secret key and the plaintext never leave this process.
+        """
+        spec = self.worker_spec()
+        assert self.client is not None
+        yield from self._stream_flat(spec, self.client.check_input(x), engine, blocks, on_encrypted)
+
+    def _stream_flat(self, spec: BlockEvaluator, flat: np.ndarray, engine: Engine,
+                     blocks: list[tuple[int, range]] | None,
+                     on_encrypted: Callable[[int], None] | None = None) -> Iterator[BlockResult]:
+        assert self.client is not None
+        if blocks is None:
+            blocks = list(enumerate(split(len(flat), self.params.slots)))
+        for index, rows in blocks:
+            if len(rows) > self.params.slots or rows.stop > len(flat) or rows.start < 0:
+                raise ParameterError(f"block {index} ({rows.start}..{rows.stop}) must lie in the {len(flat)} inputs "
+                                     f"and hold at most {self.params.slots} (the slots)")
+        yield from stream(self.client, spec, flat, engine, blocks=blocks, context=self.client.keys.context,
+                          on_encrypted=on_encrypted)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def evaluate(self, ciphertexts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Server side: one request's ciphertexts in, output ciphertexts out, under ``server``'s keys.
@@ -207,7 +256,10 @@ class TensealProgram(Program):
                                  "key pair here; query it through protocols.he.HEClient")
         flat = self.client.check_input(x)
         started = time.perf_counter()
-        y, totals = self.client.run(flat, self.evaluate)
+        if self.workers > 1 and isinstance(self.plan, BatchPlan) and len(flat) > self.params.slots:
+            y, totals = self._run_on_workers(flat)
+        else:
+            y, totals = self.client.run(flat, self.evaluate)
         if self._ct_in_bytes is None:
             self._ct_in_bytes = self.client.keys.wire_size()  # seeded, as a remote client sends it
             self._ct_out_bytes = serialized_size(totals.sample_out)
@@ -231,6 +283,24 @@ class TensealProgram(Program):
         shape = (len(y), *core.feature_shape)
         out = out.reshape(shape)
         return out.movedim(0, core.batch_dim) if core.batch_dim else out
+
+    def _run_on_workers(self, flat: np.ndarray) -> tuple[np.ndarray, RunTotals]:
+        """Blocks on this program's local workers; evaluate_s is the wall time not spent encrypting or decrypting."""
+        if self._engine is None:
+            self._engine = LocalEngine(self.workers)
+        started = time.perf_counter()
+        totals = RunTotals()
+        parts: dict[int, np.ndarray] = {}
+        for block in self._stream_flat(self.worker_spec(), flat, self._engine, None):
+            parts[block.index] = block.outputs
+            totals.encrypt_s += block.encrypt_s
+            totals.decrypt_s += block.decrypt_s
+            totals.requests += 1
+            totals.ciphertexts_in += flat.shape[1]
+            totals.ciphertexts_out += block.outputs.shape[1]
+            totals.sample_out = block.sample
+        totals.evaluate_s = max(0.0, time.perf_counter() - started - totals.encrypt_s - totals.decrypt_s)
+        return np.concatenate([parts[i] for i in sorted(parts)]), totals
 
     def _packing(self) -> str:
         if not isinstance(self.plan, LatencyPlan):
@@ -285,14 +355,10 @@ class TensealProgram(Program):
 
 
 def _check_workers(workers: int, mode: str) -> None:
-    import os
-
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ParameterError(f"workers must be a positive integer, got {workers!r}")
     if workers > 1 and mode != "batch":
         raise ParameterError("workers > 1 applies to mode='batch' (latency mode evaluates one input at a time)")
-    if workers > 1 and not hasattr(os, "fork"):
-        raise ParameterError("workers > 1 needs os.fork (Linux or macOS); use workers=1 here")
 
 
 def _min_scale_bits(compiled: Compiled) -> int:
@@ -341,5 +407,5 @@ def _factory() -> Backend:
     return TensealBackend()
 
 
-__all__ = ["MODES", "CKKSParameters", "Layout", "LayoutClient", "SecretKeyInContext", "ServerContext", "TensealBackend",
+__all__ = ["MODES", "BlockEvaluator", "BlockResult", "CKKSParameters", "Layout", "LayoutClient", "SecretKeyInContext", "ServerContext", "TensealBackend",
            "TensealProgram", "from_bytes", "galois_element", "screen_tenseal_context", "to_bytes"]

@@ -45,11 +45,6 @@ would give).
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import signal
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -778,21 +773,15 @@ class BatchPlan:
     last affine stage's weights are encoded at ``2^weight_bits`` and never
     rescaled.
 
-    ``workers`` > 1 splits each affine stage's output rows (and the activation
-    after it) across that many processes: ``workers - 1`` forked children
-    compute their rows and hand the ciphertexts back through files in
-    ``/dev/shm``. SEAL holds Python's lock for every operation, so processes
-    are the only way to use a second core. Fork only from a single-threaded
-    program (the threaded HE server evaluates with one worker).
+    Several workers evaluate separate blocks (see :mod:`secure_infer.engine`),
+    never parts of one block: a block's stages share nothing but their inputs.
     """
 
-    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0,
-                 workers: int = 1) -> None:
+    def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0) -> None:
         self.compiled = compiled
         self.server = server
         self.slots = slots
         self.weight_bits = weight_bits
-        self.workers = workers
 
     def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Evaluate on one ciphertext per input feature (one input per slot)."""
@@ -822,9 +811,7 @@ class BatchPlan:
                 out = self._run_affine(ops, stage, inputs, scale, range(lo, hi))
                 return self._poly_rows(ops, poly, out, lo, hi) if poly is not None else out
 
-            # bytes of one uncompressed ciphertext at this level: outputs are never larger
-            size = inputs[0].size() * inputs[0].coeff_modulus_size() * inputs[0].poly_modulus_degree() * 8
-            out = self._split_rows(rows, stage.out_size, server, size)
+            out = rows(0, stage.out_size)
             if poly is not None:
                 values[i], values[i + 1] = [], out
                 i += 2
@@ -840,55 +827,6 @@ class BatchPlan:
             return [ops.polynomial(ct, stage) for ct in cts]
         coefficients = stage.fit.coefficients[lo:hi]
         return [ops.polynomial(ct, stage, list(c)) for ct, c in zip(cts, coefficients, strict=True)]
-
-    def _split_rows(self, compute: Any, n: int, server: ServerContext, ciphertext_bytes: int = 0) -> list[Any]:
-        """``compute(lo, hi)`` for rows ``0..n``, over ``workers`` processes; results in row order.
-
-        A worker that fails has its rows recomputed here, so a crash costs
-        time, never a wrong or missing answer. Results go through ``/dev/shm``
-        when it has room for them (containers often give it 64 MB), else
-        through the temporary directory.
-        """
-        workers = min(self.workers, n)
-        if workers <= 1:
-            return compute(0, n)
-        bounds = [n * w // workers for w in range(workers + 1)]
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        if shm and shutil.disk_usage(shm).free < 2 * n * ciphertext_bytes:
-            shm = None
-        tmp = tempfile.mkdtemp(prefix="secure-infer-", dir=shm)
-        children: dict[int, int] = {}
-        try:
-            for w in range(1, workers):
-                pid = os.fork()
-                if pid == 0:  # the child: its rows to files, then leave without unwinding the caller's stack
-                    code = 1
-                    try:
-                        for k, ct in enumerate(compute(bounds[w], bounds[w + 1])):
-                            ct.save(os.path.join(tmp, str(bounds[w] + k)))
-                        code = 0
-                    finally:
-                        os._exit(code)
-                children[w] = pid
-            out = compute(bounds[0], bounds[1])
-            for w in range(1, workers):
-                _, status = os.waitpid(children.pop(w), 0)
-                lo, hi = bounds[w], bounds[w + 1]
-                if os.waitstatus_to_exitcode(status) != 0:
-                    warnings.warn(f"batch worker {w} failed (exit status {status}); computing its rows here",
-                                  RuntimeWarning, stacklevel=2)
-                    out += compute(lo, hi)
-                    continue
-                for r in range(lo, hi):
-                    ct = _seal().Ciphertext()
-                    ct.load(server.context, os.path.join(tmp, str(r)))
-                    out.append(ct)
-            return out
-        finally:
-            for pid in children.values():  # only if this process failed midway
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _run_affine(self, ops: _Ops, stage: AffineStage, cts: list[Any], scale: float, rows: range) -> list[Any]:
         """Output ``rows`` of ``stage``, weights encoded at ``scale``; rescaled unless in a square chain.
