@@ -39,6 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "tenseal-latency", "tenseal-latency-chain", "tenseal-batch"],
         "batches": [1, 16],
         "repeats": 2,
+        "scale_out": {"repeat": 20},
     },
     "full": {
         "models": ["logreg", "mlp", "cryptonets", "lenet", "vit", "reference28", "lenet28"],
@@ -47,6 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "tenseal-batch", "tenseal-batch-2w"],
         "batches": [1, 16, 64, "slots"],
         "repeats": 5,
+        "scale_out": {"repeat": 20},
     },
 }
 
@@ -110,7 +112,8 @@ def _time(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> tuple[
 
 # Cells whose single call takes seconds and has no warm-up effect worth waiting for.
 _SLOW = {"tenseal-batch", "tenseal-batch-2w", "tenseal-handwritten"}
-# tenseal-latency-chain: schedule="square-chain"; tenseal-batch-2w: workers=2 (both cores)
+# tenseal-latency-chain: schedule="square-chain"; tenseal-batch-2w: workers=2 (both cores), whose "slots"
+# batch is two full blocks, one per worker (workers evaluate whole blocks)
 _TENSEAL_VARIANTS: dict[str, dict[str, Any]] = {"chain": {"schedule": "square-chain"}, "2w": {"workers": 2}}
 
 
@@ -177,6 +180,8 @@ def _encrypted_cell(model_name: str, execution: str, batch: int | str, z: zoo.Zo
         return Cell(model_name, execution, batch, "not run", str(exc).split(";")[0])
     with enc:
         size = _tenseal(enc.program).params.slots if batch == "slots" else int(batch)
+        if batch == "slots" and options.get("workers", 1) > 1:
+            size *= options["workers"]
         x = _inputs(data, size)
         reps = 1 if size > 64 or execution in _SLOW else repeats
         samples, y = _time(partial(enc, x), reps, warmup=execution not in _SLOW)
@@ -276,7 +281,7 @@ def _spec(preset: str) -> dict[str, Any]:
     return PRESETS[preset]
 
 
-def count_steps(preset: str = "quick", models: list[str] | None = None) -> int:
+def count_steps(preset: str = "quick", models: list[str] | None = None, *, cluster: bool = False) -> int:
     """How many progress steps :func:`run_matrix` reports: one per cell, per sweep measurement.
 
     The command line sizes its progress bar (and so its estimate of the time
@@ -291,16 +296,19 @@ def count_steps(preset: str = "quick", models: list[str] | None = None) -> int:
     widths, depths = spec.get("widths", [16, 64, 256]), spec.get("depths", [1, 2, 3])
     degrees = spec.get("degrees", [7, 15, 31, 63])
     scaling = 3 * (len(widths) + len(depths)) if widths else 0  # plaintext, CrypTen, TenSEAL per model
-    return cells + scaling + (1 + len(degrees) if degrees else 0)  # training the MLP, then each degree
+    # the model, one worker, two local workers cold then warm, and a cluster's cold then warm
+    scale_out = (4 + 2 * cluster) if spec.get("scale_out") else 0
+    return cells + scaling + (1 + len(degrees) if degrees else 0) + scale_out  # training the MLP, then each degree
 
 
 def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None = None,
                on_cell: Callable[[Cell], None] | None = None,
-               on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+               on_step: Callable[[str], None] | None = None, cluster: str | None = None) -> dict[str, Any]:
     """Measure the preset's matrix on the digits data; returns the report as a dict.
 
     ``on_cell(cell)`` follows each cell, ``on_step(what)`` each measurement of
     the sweeps after the matrix (see :func:`count_steps`): progress bars.
+    ``cluster``: a Ray address whose scale-out cell joins the local ones.
     """
     spec = _spec(preset)
     digits = datasets.load_digits(seed=seed)
@@ -340,16 +348,88 @@ def run_matrix(preset: str = "quick", *, seed: int = 0, models: list[str] | None
     scaling = (scaling_sweep(seed, digits, widths=widths, depths=depths,
                              degree=spec.get("sweep_degree", SWEEP_DEGREE), on_step=on_step) if widths else None)
     degrees = degree_sweep(seed, digits, degrees=degree_list, on_step=on_step) if degree_list else None
+    scale = (scale_out_sweep(seed, digits, repeat=spec["scale_out"]["repeat"], cluster=cluster, on_step=on_step)
+             if spec.get("scale_out") else None)
     return {
         "preset": preset,
         "seconds": time.perf_counter() - started,
         "scaling": scaling,
         "batch_scaling": batch_fits([asdict(c) for c in cells]),
         "polynomial_degree": degrees,
+        "scale_out": scale,
         "environment": environment(seed),
         "dataset": digits.description + "; reference28/lenet28 on generated 28x28 inputs (timing only)",
         "cells": [asdict(c) for c in cells],
     }
+
+
+def scale_out_sweep(seed: int, data: datasets.Dataset, *, repeat: int = 20, cluster: str | None = None,
+                    on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Encrypted scoring of the test split ``repeat`` times over: one worker, two local workers, a Ray cluster.
+
+    One worker is the program in this process (encrypt, evaluate, decrypt in
+    turn); workers evaluate whole slot-sized blocks while this process
+    encrypts and decrypts (:func:`secure_infer.scoring.score`). Two-worker
+    runs are timed cold (worker start-up included) and warm. The fit
+    ``seconds = startup + ceil(blocks / workers) * per_block`` predicts a
+    cluster of N such workers.
+    """
+    import math
+
+    import secure_infer as si
+    from secure_infer.engine import Engine, LocalEngine, RayEngine
+    from secure_infer.scoring import score
+
+    step = on_step or (lambda _what: None)
+    z = zoo.pretrained("cryptonets", data, seed=seed)
+    x = data.x_test.repeat(repeat, *([1] * (data.x_test.dim() - 1)))
+    enc = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="batch", calibration=data.x_train)
+    slots = _tenseal(enc.program).params.slots
+    blocks = math.ceil(len(x) / slots)
+    plain = z.model(x).detach()
+    step("scale-out: model")
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, workers: int, seconds: float, y: torch.Tensor, per_node: dict[str, int] | None = None) -> None:
+        rows.append({"execution": name, "workers": workers, "seconds": seconds, "inputs_per_s": len(x) / seconds,
+                     "agreement": float((y.argmax(1) == plain.argmax(1)).float().mean()),
+                     "blocks_per_node": per_node or {}})
+
+    started = time.perf_counter()
+    y = enc.logits(x)
+    row("in process (1 worker)", 1, time.perf_counter() - started, y)
+    step("scale-out: one worker")
+
+    def engine_row(name: str, engine: Engine, runs: int) -> None:
+        for run in range(runs):
+            result = score(enc, x, engine)
+            row(f"{name}{' (cold)' if runs > 1 and run == 0 else ''}", engine.workers, result.seconds,
+                result.outputs, result.per_node)
+            step(f"scale-out: {name}")
+
+    with LocalEngine(2) as local:
+        engine_row("local processes", local, 2)
+    if cluster:
+        ray_engine = RayEngine(cluster)
+        try:
+            engine_row(f"Ray cluster {cluster}", ray_engine, 2)
+        finally:
+            ray_engine.shutdown()
+    one = rows[0]["seconds"]
+    warm = next(r for r in rows if r["execution"] == "local processes")
+    per_block = one / blocks
+    # what two warm workers spent beyond their share of blocks: hand-off, encryption competing for the cores
+    overhead = max(0.0, warm["seconds"] - math.ceil(blocks / 2) * per_block)
+    cold = next(r for r in rows if r["execution"] == "local processes (cold)")
+    big = 100_000
+    big_blocks = math.ceil(big / slots)
+    predicted = [{"workers": n, "seconds": overhead + math.ceil(big_blocks / n) * per_block,
+                  "inputs_per_s": big / (overhead + math.ceil(big_blocks / n) * per_block)}
+                 for n in (1, 2, 4, 8, 16, 32)]
+    return {"model": "cryptonets (digits), CKKS batch mode", "inputs": len(x), "slots": slots, "blocks": blocks,
+            "rows": rows, "speedup_2_workers": one / warm["seconds"], "per_block_s": per_block,
+            "overhead_s": overhead, "startup_s": max(0.0, cold["seconds"] - warm["seconds"]),
+            "prediction": {"inputs": big, "blocks": big_blocks, "rows": predicted}}
 
 
 SWEEP_DEGREE = 7
@@ -556,6 +636,22 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
                   "| degree | encrypted accuracy | argmax agreement | depth |", "|---|---|---|---|"]
         lines += [f"| {r['degree']} | {r['encrypted_accuracy']:.4f} | {r['agreement']:.4f} | {r['depth']} |"
                   for r in degrees["rows"]]
+    scale = report.get("scale_out")
+    if scale:
+        lines += ["", f"## Scale-out: encrypted scoring of {scale['inputs']} inputs ({scale['model']}, "
+                  f"{scale['blocks']} blocks of {scale['slots']})", "",
+                  "| execution | workers | seconds | inputs/s | argmax agree | blocks per node |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['execution']} | {r['workers']} | {r['seconds']:.2f} | {r['inputs_per_s']:,.0f} | "
+                  f"{r['agreement']:.4f} | {', '.join(f'{k[:8]}: {v}' for k, v in r['blocks_per_node'].items())} |"
+                  for r in scale["rows"]]
+        pred = scale["prediction"]
+        lines += ["", f"Two warm workers: {scale['speedup_2_workers']:.2f}x one. Blocks are the unit of work, so "
+                  f"{scale['blocks']} blocks on 2 workers take {-(-scale['blocks'] // 2)} block times. Fit: "
+                  f"{scale['per_block_s']:.2f} s per block, {scale['overhead_s']:.2f} s overhead per job, "
+                  f"{scale['startup_s']:.2f} s worker start-up. Predicted for {pred['inputs']:,} inputs "
+                  f"({pred['blocks']} blocks) on N such workers:", "",
+                  "| workers | seconds | inputs/s |", "|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['seconds']:.1f} | {r['inputs_per_s']:,.0f} |" for r in pred["rows"]]
     lines += ["", f"Measured in {report['seconds']:.0f} s. Regenerate: `secure-infer bench --{report['preset']} --out DIR`.", ""]
     plots = _plots(report, out)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -571,7 +667,9 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
 
     measured = [c for c in report["cells"] if c["status"] == "measured"]
     models = sorted({c["model"] for c in measured})
-    written = []
+    written: list[Path] = []
+    if not models:  # nothing measured (every cell not run): no plot to draw
+        return written
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         for execution in sorted({c["execution"] for c in measured if c["model"] == model}):

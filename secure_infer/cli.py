@@ -135,6 +135,8 @@ def bench(
     preset: Annotated[str, typer.Option(help="quick, full or gpu (the cells the GPU script runs)")] = "",
     seed: Annotated[int, typer.Option()] = 0,
     attacks: Annotated[bool, typer.Option("--attacks", help="also run the attack suite (quick) and add its section")] = False,
+    cluster: Annotated[str | None, typer.Option(help="a Ray cluster ADDRESS: its encrypted-scoring cell joins "
+                                                     "the scale-out section")] = None,
 ) -> None:
     """Measure encryption overhead against plaintext, side by side, in one run."""
     from secure_infer import bench as runner
@@ -147,11 +149,11 @@ def bench(
     chosen = [m.strip() for m in models.split(",") if m.strip()] or None
     printer = Output()
     with printer.progress() as progress:
-        task = progress.add_task(f"bench --{preset}", total=runner.count_steps(preset, chosen))
+        task = progress.add_task(f"bench --{preset}", total=runner.count_steps(preset, chosen, cluster=bool(cluster)))
         report = runner.run_matrix(
             preset, seed=seed, models=chosen,
             on_cell=lambda c: progress.advance(task, description=f"{c.model} {c.execution} b={c.batch}"),
-            on_step=lambda what: progress.advance(task, description=what),
+            on_step=lambda what: progress.advance(task, description=what), cluster=cluster,
         )
         progress.complete(task, description=f"bench --{preset}")
     paths = runner.write_report(report, out)
@@ -402,6 +404,87 @@ def pate(
     written = experiment.write_report(report, out)
     printer.line(f"wrote {', '.join(p.name for p in written)} in {out}")
     printer.report(out / "report.md")
+
+
+@app.command()
+def score(
+    model: Annotated[str, typer.Argument(help="a zoo model name (trained now) or a file from `zoo train`")],
+    data: Annotated[str | None, typer.Argument(help="a .npy file, or DATASET:START-END (test split); "
+                                                    "default: the whole test split")] = None,
+    dataset: Annotated[str | None, typer.Option(help="data set of a zoo name (default: digits)")] = None,
+    repeat: Annotated[int, typer.Option(min=1, help="score the inputs this many times over (a larger job)")] = 1,
+    backend: Annotated[str, typer.Option(help="tenseal (CKKS batch mode)")] = "tenseal",
+    cluster: Annotated[str | None, typer.Option(help="a Ray cluster: ADDRESS (ray start --head prints it) or "
+                                                     "'local'; default: worker processes on this machine")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="worker processes (Ray: actors; 0: 2 here, or the "
+                                                     "cluster's CPUs)")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for finished blocks, the manifest, outputs.npy and "
+                                           "score.json; a rerun resumes from it")] = Path("score-out"),
+    fresh: Annotated[bool, typer.Option("--fresh", help="discard finished blocks in --out and start over")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Score a data set encrypted, block by block, on local workers or a Ray cluster; resumable."""
+    import json
+    import time
+
+    import numpy as np
+    import torch
+
+    import secure_infer as si
+    from secure_infer import engine as engines
+    from secure_infer.scoring import score as run_score
+
+    if backend != "tenseal":
+        raise typer.BadParameter("--backend: only tenseal scores data sets so far (CrypTen: `secure-infer party`)")
+    printer = Output()
+    with printer.progress() as progress:
+        z, ds = model_from_arg(model, dataset, seed, lambda name, d: train_with_bar(progress, name, d, seed))
+    labels: torch.Tensor | None
+    if data is None:
+        x, labels = ds.x_test, ds.y_test
+    else:
+        x, labels = datasets.load_inputs(data, seed=seed)
+    if repeat > 1:
+        x = x.repeat(repeat, *([1] * (x.dim() - 1)))
+        labels = None if labels is None else labels.repeat(repeat)
+    enc = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="batch", calibration=ds.x_train)
+    if cluster is None:
+        engine: engines.Engine = engines.LocalEngine(workers or 2)
+    else:
+        engine = engines.RayEngine(cluster, workers or None)
+    printer.line(f"{z.name}: {len(x)} inputs, blocks of {enc.program.params.slots} "  # type: ignore[attr-defined]
+                 f"on {engine.describe()}")
+    try:
+        with printer.progress() as progress:
+            task = progress.add_task("score", total=len(x))
+            started = time.perf_counter()
+            count = [0]
+
+            def on_block(inputs: int, _blocks: int) -> None:
+                count[0] += inputs
+                rate = count[0] / max(1e-9, time.perf_counter() - started)
+                progress.advance(task, inputs, description=f"score ({rate:,.0f} inputs/s)")
+
+            result = run_score(enc, x, engine, out=out, fresh=fresh, on_block=on_block)
+            progress.complete(task)
+    finally:
+        engine.close()
+    np.save(out / "outputs.npy", result.outputs.numpy())
+    summary = result.summary()
+    plain = enc.reference.run_core(x)
+    summary["argmax_agreement"] = float((result.outputs.argmax(1) == plain.argmax(1)).float().mean())
+    summary["max_abs_error"] = float((result.outputs - plain).abs().max())
+    if labels is not None:
+        summary["accuracy"] = float((result.outputs.argmax(1) == labels).float().mean())
+    (out / "score.json").write_text(json.dumps(summary, indent=1))
+    table = TextTable(f"encrypted scoring: {z.name}")
+    for name in ("inputs", "blocks (resumed)", "seconds", "inputs/s", "agreement", "blocks per node"):
+        table.add_column(name)
+    table.add_row(str(len(x)), f"{result.blocks} ({result.resumed})", f"{result.seconds:.2f}",
+                  f"{result.throughput:,.0f}", f"{summary['argmax_agreement']:.4f}",
+                  ", ".join(f"{k[:8]}: {v}" for k, v in result.per_node.items()))
+    printer.table(table)
+    printer.report(out / "score.json")
 
 
 if __name__ == "__main__":

@@ -68,3 +68,25 @@ def test_unknown_preset() -> None:
 
     with pytest.raises(ParameterError, match="quick"):
         bench.run_matrix("everything")
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_scale_out_section_times_one_and_two_workers_and_predicts_a_cluster(tmp_path: Path) -> None:
+    from secure_infer import datasets
+
+    steps: list[str] = []
+    digits = datasets.load_digits(seed=0)
+    scale = bench.scale_out_sweep(0, digits, repeat=10, on_step=steps.append)  # 4500 inputs: 2 blocks
+    assert len(steps) == 4 and scale["blocks"] == 2
+    names = [r["execution"] for r in scale["rows"]]
+    assert names == ["in process (1 worker)", "local processes (cold)", "local processes"]
+    assert all(r["agreement"] >= 0.99 and r["inputs_per_s"] > 0 for r in scale["rows"])
+    assert sum(scale["rows"][-1]["blocks_per_node"].values()) == 2
+    pred = scale["prediction"]["rows"]
+    assert [r["workers"] for r in pred] == [1, 2, 4, 8, 16, 32]
+    assert all(a["seconds"] >= b["seconds"] for a, b in zip(pred, pred[1:], strict=False))  # never slower with more
+    report = {"preset": "t", "seconds": 1.0, "dataset": "d", "cells": [], "scale_out": scale,
+              "environment": bench.environment(0)}
+    bench.write_report(report, tmp_path)
+    assert "## Scale-out" in (tmp_path / "report.md").read_text()

@@ -229,3 +229,18 @@ def test_attack_prints_every_row_in_full_and_ends_with_the_report(tmp_path: Path
     assert last == f"report: {tmp_path / 'a' / 'report.md'}" and Path(last.removeprefix("report: ")).is_file()
     steps = suite.count_steps(suite.SuiteConfig(dp_epsilons=suite.QUICK.dp_epsilons, backends=()))
     assert f"attacks: {steps}/{steps} done in" in result.stderr
+
+
+@pytest.mark.multiprocess
+def test_score_writes_outputs_and_a_rerun_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "score"
+    result = runner.invoke(app, ["score", "logreg", "digits:0-100", "--workers", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "score.json").read_text())
+    assert summary["inputs"] == 100 and summary["blocks"] == 1 and summary["argmax_agreement"] >= 0.99
+    assert (out / "outputs.npy").is_file() and (out / "block-00000.npy").is_file()
+    again = runner.invoke(app, ["score", "logreg", "digits:0-100", "--workers", "1", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "score.json").read_text())["resumed_blocks"] == 1
+    bad = runner.invoke(app, ["score", "logreg", "--backend", "crypten", "--out", str(out)])
+    assert bad.exit_code == 2 and "tenseal" in bad.output
