@@ -38,6 +38,7 @@ SKIPPED = {
     ("docs/guides/attack.md", "secure-infer attack --backends none --out attack-report"),
     ("docs/guides/federated.md", "secure-infer fl --quick --out fl-report"),
     ("docs/guides/pate.md", "secure-infer pate --out pate-report"),
+    ("docs/guides/scale-out.md", "secure-infer score cryptonets --repeat 20 --cluster HEAD:6379 --out score-out"),
     ("docs/guides/serve.md", "secure-infer certs pki --host 10.0.0.5 --client alice"),
 }
 
