@@ -107,6 +107,10 @@ class Engine(ABC):
         """
 
     @abstractmethod
+    def start(self, spec: WorkerSpec) -> None:
+        """Start the workers for ``spec`` before the first block."""
+
+    @abstractmethod
     def close(self) -> None:
         """Stop the workers."""
 
@@ -245,6 +249,12 @@ class LocalEngine(Engine):
             return []
         return [p.pid for p in getattr(self._pool, "_processes", {}).values() if p.pid is not None]
 
+    def start(self, spec: WorkerSpec) -> None:
+        """Start the workers for ``spec`` now, not at the first block (timing without start-up)."""
+        with _without_main():
+            futures = [self._ensure(spec).submit(os.getpid) for _ in range(self.workers)]
+        cf.wait(futures)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -259,6 +269,32 @@ def _ray() -> Any:
         import ray
     except ImportError:
         raise ParameterError("a Ray cluster needs Ray: pip install 'secure-infer[cluster]'") from None
+    return ray
+
+
+def connect(address: str = "local", *, cpus: int | None = None, resources: dict[str, float] | None = None,
+            namespace: str = "secure-infer", runtime_env: dict[str, Any] | None = None) -> Any:
+    """Join the Ray cluster at ``address`` (``"local"``: start one here) unless joined already; returns ``ray``.
+
+    A local Ray gets ``cpus`` logical CPUs (default: this machine's) and the
+    custom ``resources`` (party labels, see :mod:`secure_infer.scoring`).
+    """
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False, "configure_logging": False}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
+    try:
+        if address == "local":
+            # address="local": a new Ray here, even when `ray start` left a cluster's address behind
+            ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, resources=resources or None,
+                     include_dashboard=False, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise EngineError(f"cannot join the Ray cluster at {address!r}: {exc}. Start it with `ray start --head` "
+                          "and pass the address it prints") from None
     return ray
 
 
@@ -294,28 +330,16 @@ class RayEngine(Engine):
                  runtime_env: dict[str, Any] | None = None) -> None:
         """``resources``: custom resources of a local Ray (e.g. party labels); ``runtime_env``: Ray's, for
         where workers import code from (``{"env_vars": {"PYTHONPATH": ...}}``)."""
-        ray = _ray()
+        ray = connect(address, cpus=workers, resources=resources, namespace=namespace, runtime_env=runtime_env)
         self.address = address
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False,
-                                      "include_dashboard": False, "configure_logging": False}
-            if runtime_env:
-                kwargs["runtime_env"] = runtime_env
-            if address == "local":
-                kwargs["num_cpus"] = workers or os.cpu_count() or 1
-                if resources:
-                    kwargs["resources"] = resources
-                ray.init(**kwargs)
-            else:
-                kwargs.pop("include_dashboard")
-                ray.init(address=address, **kwargs)
-        self._owns_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or cpus
         self.threads = threads
         self._actors: list[Any] = []
         self._spec: WorkerSpec | None = None
         self.spec_ref: Any = None
+        self._pids: dict[int, int] = {}  # actor -> the process that last answered
+        self.lost = 0  # actor processes lost so far (their blocks were retried)
 
     def _ensure(self, spec: WorkerSpec) -> list[Any]:
         if self._spec is spec and self._actors:
@@ -327,8 +351,13 @@ class RayEngine(Engine):
         cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_RayWorker)
         self._actors = [cls.options(scheduling_strategy="SPREAD").remote(self.spec_ref, self.threads)
                         for _ in range(self.workers)]
+        self._pids = dict(enumerate(pid for _, pid in ray.get([a.where.remote() for a in self._actors])))
         self._spec = spec
         return self._actors
+
+    def start(self, spec: WorkerSpec) -> None:
+        """Create the actors for ``spec`` now and wait until each has built its state."""
+        _ray().get([a.where.remote() for a in self._ensure(spec)])
 
     def placement(self) -> list[tuple[str, int]]:
         """Each actor's (node id, process id)."""
@@ -365,7 +394,13 @@ class RayEngine(Engine):
                     raise EngineError(f"block {index}: its worker was lost more than {RETRIES} times: {exc}") from None
                 except ray.exceptions.RayTaskError as exc:
                     raise EngineError(f"block {index} failed in a worker: {exc}") from None
-                yield Done(index, pickle.loads(result), node, pid)
+                # Ray retries a lost actor's calls by itself: a new process id is how the client sees it
+                # (marked on the first block the new process answers: one of the calls queued on that actor)
+                restarted = self._pids.setdefault(worker, pid) != pid
+                if restarted:
+                    self._pids[worker] = pid
+                    self.lost += 1
+                yield Done(index, pickle.loads(result), node, pid, 2 if restarted else 1)
 
     def node_addresses(self) -> dict[str, str]:
         """Node id -> IP address of every live node."""

@@ -16,7 +16,9 @@ and input ciphertexts travel seeded too.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +41,27 @@ def galois_element(step: int, poly_modulus_degree: int) -> int:
     return pow(3, step, 2 * poly_modulus_degree)
 
 
+@functools.cache
+def _scratch() -> str | None:
+    """Where SEAL objects pass through a file: ``/dev/shm`` (memory) when it has room, else the temp folder.
+
+    A container's ``/dev/shm`` is often 64 MB: below 256 MB free it is not used.
+    """
+    try:
+        if os.access("/dev/shm", os.W_OK) and shutil.disk_usage("/dev/shm").free >= 256 << 20:
+            return "/dev/shm"
+    except OSError:
+        pass
+    return None
+
+
 def to_bytes(obj: Any) -> bytes:
     """SEAL's own (compressed) serialization of a key, ciphertext or plaintext.
 
-    ``tenseal.sealapi`` exposes only ``save(path)``, hence the temporary file.
+    ``tenseal.sealapi`` exposes only ``save(path)``, hence the temporary file
+    (in memory where it can be: :func:`_scratch`).
     """
-    fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal")
+    fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal", dir=_scratch())
     os.close(fd)
     try:
         obj.save(path)
@@ -66,7 +83,7 @@ def from_bytes(kind: str, context: Any, data: bytes) -> Any:
     if kind not in SEAL_KINDS:
         raise ValueError(f"unknown SEAL object kind {kind!r}")
     obj = getattr(_seal(), kind)()
-    fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal")
+    fd, path = tempfile.mkstemp(prefix="secure-infer-", suffix=".seal", dir=_scratch())
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
