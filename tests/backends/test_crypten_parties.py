@@ -227,3 +227,28 @@ def test_weightless_copy_holds_no_weights(lenet, digits) -> None:
                 assert not t.any()
     # the original keeps its weights
     assert any(p.abs().sum() > 0 for n in g.nodes if n.module is not None for p in n.module.parameters())
+
+
+def test_a_rendezvous_port_taken_before_rank_0_listens_costs_a_restart(digits, monkeypatch) -> None:
+    from secure_infer.backends.crypten import _pool
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]  # the first port handed out is already someone else's
+    real = _pool.free_port
+
+    def free_port(host: str = "127.0.0.1") -> int:
+        return ports.pop() if ports else real(host)
+
+    monkeypatch.setattr(_pool, "free_port", free_port)
+    graph = trace(_logreg(), digits.x_test[:1])
+    try:
+        pool = PartyPool([graph, weightless(graph)], timeout=120)
+        try:
+            assert not ports and pool.address != f"127.0.0.1:{taken.getsockname()[1]}"
+            assert pool.run(digits.x_test[:2])[0].shape == (2, 10)
+        finally:
+            pool.close()
+    finally:
+        taken.close()

@@ -200,10 +200,23 @@ class PartyPool:
         self._roles = tuple(roles) if roles is not None else None
         if parties < 2:
             raise ParameterError("a party pool needs at least 2 parties (parties=1 is the in-process simulation)")
-        if port is None:
-            port = free_port(master_addr)
-        else:
+        if port is not None:
             check_port_free(master_addr, port)
+            self._start(payloads, dealer, master_addr, port, timeout, threads, precision_bits)
+            return
+        # A port free now may be taken (another program's outgoing connection) before rank 0,
+        # seconds later, listens on it: then start again on another one.
+        for attempt in range(3):
+            try:
+                self._start(payloads, dealer, master_addr, free_port(master_addr), timeout, threads, precision_bits)
+                return
+            except PartyFailure as exc:
+                if attempt == 2 or "EADDRINUSE" not in str(exc):
+                    raise
+
+    def _start(self, payloads: Sequence[Any], dealer: bool, master_addr: str, port: int, timeout: float,
+               threads: int, precision_bits: int) -> None:
+        parties = len(payloads)
         self.parties = parties
         self.dealer = dealer
         self.timeout = timeout
