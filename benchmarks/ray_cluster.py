@@ -29,7 +29,7 @@ import torch
 
 import secure_infer as si
 from secure_infer import datasets, zoo
-from secure_infer.backends.tenseal._seal import to_bytes
+from secure_infer.backends.tenseal import to_bytes
 from secure_infer.engine import RayEngine, audit_outgoing
 from secure_infer.scoring import score
 

@@ -413,11 +413,14 @@ def score(
                                                     "default: the whole test split")] = None,
     dataset: Annotated[str | None, typer.Option(help="data set of a zoo name (default: digits)")] = None,
     repeat: Annotated[int, typer.Option(min=1, help="score the inputs this many times over (a larger job)")] = 1,
-    backend: Annotated[str, typer.Option(help="tenseal (CKKS batch mode)")] = "tenseal",
+    backend: Annotated[str, typer.Option(help="tenseal (CKKS batch mode) or crypten (parties placed on "
+                                              "the hosts labelled secure_infer_party_<rank>, through Ray)")] = "tenseal",
     cluster: Annotated[str | None, typer.Option(help="a Ray cluster: ADDRESS (ray start --head prints it) or "
-                                                     "'local'; default: worker processes on this machine")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="worker processes (Ray: actors; 0: 2 here, or the "
+                                                     "'local'; default: worker processes on this machine "
+                                                     "(crypten: a local Ray)")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="tenseal worker processes (Ray: actors; 0: 2 here, or the "
                                                      "cluster's CPUs)")] = 0,
+    block: Annotated[int, typer.Option(min=1, help="crypten: inputs per block (tenseal: the slot count)")] = 64,
     out: Annotated[Path, typer.Option(help="folder for finished blocks, the manifest, outputs.npy and "
                                            "score.json; a rerun resumes from it")] = Path("score-out"),
     fresh: Annotated[bool, typer.Option("--fresh", help="discard finished blocks in --out and start over")] = False,
@@ -434,8 +437,8 @@ def score(
     from secure_infer import engine as engines
     from secure_infer.scoring import score as run_score
 
-    if backend != "tenseal":
-        raise typer.BadParameter("--backend: only tenseal scores data sets so far (CrypTen: `secure-infer party`)")
+    if backend not in ("tenseal", "crypten"):
+        raise typer.BadParameter(f"--backend must be tenseal or crypten, got {backend!r}")
     printer = Output()
     with printer.progress() as progress:
         z, ds = model_from_arg(model, dataset, seed, lambda name, d: train_with_bar(progress, name, d, seed))
@@ -447,30 +450,36 @@ def score(
     if repeat > 1:
         x = x.repeat(repeat, *([1] * (x.dim() - 1)))
         labels = None if labels is None else labels.repeat(repeat)
-    enc = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="batch", calibration=ds.x_train)
-    if cluster is None:
-        engine: engines.Engine = engines.LocalEngine(workers or 2)
-    else:
-        engine = engines.RayEngine(cluster, workers or None)
-    printer.line(f"{z.name}: {len(x)} inputs, blocks of {enc.program.params.slots} "  # type: ignore[attr-defined]
-                 f"on {engine.describe()}")
-    try:
-        with printer.progress() as progress:
-            task = progress.add_task("score", total=len(x))
-            started = time.perf_counter()
-            count = [0]
+    extra: dict[str, object] = {}
+    with printer.progress() as progress:
+        task = progress.add_task("score", total=len(x))
+        started = time.perf_counter()
+        count = [0]
 
-            def on_block(inputs: int, _blocks: int) -> None:
-                count[0] += inputs
-                rate = count[0] / max(1e-9, time.perf_counter() - started)
-                progress.advance(task, inputs, description=f"score ({rate:,.0f} inputs/s)")
+        def on_block(inputs: int, _blocks: int) -> None:
+            count[0] += inputs
+            rate = count[0] / max(1e-9, time.perf_counter() - started)
+            progress.advance(task, inputs, description=f"score ({rate:,.0f} inputs/s)")
 
-            result = run_score(enc, x, engine, out=out, fresh=fresh, on_block=on_block)
-            progress.complete(task)
-    finally:
-        engine.close()
+        if backend == "crypten":
+            from secure_infer.scoring_mpc import score_mpc
+
+            with si.wrap(z.model, "crypten", sample_input=x[:1]) as enc:
+                result, placed = score_mpc(enc, x, address=cluster or "local", block=block, out=out, fresh=fresh,
+                                           on_block=on_block)
+            extra["party_nodes"] = [{"block": b.index, "nodes": b.nodes, "seconds": round(b.seconds, 3),
+                                     "bytes": b.bytes, "rounds": b.rounds} for b in placed]
+        else:
+            enc = si.wrap(z.model, "tenseal", sample_input=x[:1], mode="batch", calibration=ds.x_train)
+            engine: engines.Engine = (engines.LocalEngine(workers or 2) if cluster is None
+                                      else engines.RayEngine(cluster, workers or None))
+            try:
+                result = run_score(enc, x, engine, out=out, fresh=fresh, on_block=on_block)
+            finally:
+                engine.close()
+        progress.complete(task)
     np.save(out / "outputs.npy", result.outputs.numpy())
-    summary = result.summary()
+    summary = {**result.summary(), **extra}
     plain = enc.reference.run_core(x)
     summary["argmax_agreement"] = float((result.outputs.argmax(1) == plain.argmax(1)).float().mean())
     summary["max_abs_error"] = float((result.outputs - plain).abs().max())

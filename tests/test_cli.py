@@ -242,5 +242,23 @@ def test_score_writes_outputs_and_a_rerun_resumes(tmp_path: Path) -> None:
     again = runner.invoke(app, ["score", "logreg", "digits:0-100", "--workers", "1", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert json.loads((out / "score.json").read_text())["resumed_blocks"] == 1
-    bad = runner.invoke(app, ["score", "logreg", "--backend", "crypten", "--out", str(out)])
-    assert bad.exit_code == 2 and "tenseal" in bad.output
+    bad = runner.invoke(app, ["score", "logreg", "--backend", "seal", "--out", str(out)])
+    assert bad.exit_code == 2 and "tenseal or crypten" in bad.output
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_score_with_crypten_places_parties_and_agrees(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import ray
+
+    out = tmp_path / "mpc"
+    try:
+        result = runner.invoke(app, ["score", "logreg", "digits:0-12", "--backend", "crypten", "--block", "6",
+                                     "--out", str(out)])
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "score.json").read_text())
+    assert summary["inputs"] == 12 and summary["blocks"] == 2 and summary["argmax_agreement"] == 1.0
+    assert [sorted(b["nodes"]) for b in summary["party_nodes"]] == [["0", "1"], ["0", "1"]]
