@@ -47,6 +47,9 @@ type  name      direction  metadata (besides ``blobs``) and blobs
                            chunks, output_chunks (latency: ciphertexts per
                            input and per output, usually 1), block, width
                            (latency: the blocked input packing, 0 if periodic),
+                           gather (latency, optional: the tap packing, one
+                           list of input indices per input ciphertext, -1
+                           for a zero slot),
                            output_shape, epilogue (the model's trailing
                            softmax/log_softmax/sigmoid/argmax, run by the client)
 3     KEYS      c -> s     ``{"format": "seal", "names": [...]}`` with blobs

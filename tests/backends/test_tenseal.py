@@ -247,9 +247,9 @@ def test_the_first_layer_reads_a_cheaper_packing_and_agrees() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(100, 64), zoo.Square(), nn.Linear(64, 5)).eval()
     x = torch.rand(4, 100)
-    enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency", packing="dense")
     layout = enc.program.published
-    assert layout.block == 64 and 0 < layout.width < 64
+    assert layout.block == 64 and 0 < layout.width < 64 and not layout.gather
     first = enc.program.plan.affine[0][0]
     assert sum(len(b) for b in first.blocks) <= layout.width  # diagonals: the periodic packing needs 64
     assert Layout.from_json(layout.to_json()) == layout
@@ -258,6 +258,81 @@ def test_the_first_layer_reads_a_cheaper_packing_and_agrees() -> None:
     bad = dict(layout.to_json(), width=3)
     with pytest.raises(si.ParameterError, match="layout.block/width"):
         Layout.from_json(bad)
+
+
+class _SmallLoLA(nn.Module):
+    """LoLA's shape at 12x12: conv 2x2 stride 2, BatchNorm, square, linear, BatchNorm, square, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn1 = nn.Conv2d(1, 3, 2, stride=2), nn.BatchNorm2d(3)
+        self.fc1, self.bn2, self.fc2 = nn.Linear(108, 20), nn.BatchNorm1d(20), nn.Linear(20, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.conv(x))
+        x = (x * x).flatten(1)
+        x = self.bn2(self.fc1(x))
+        return self.fc2(x * x)
+
+
+def _small_lola(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = _SmallLoLA()
+    for bn in (model.bn1, model.bn2):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_a_convolution_reads_the_tap_packing_and_agrees() -> None:
+    """Each conv output's kernel taps arrive in their own slots: no rotation before the first square."""
+    model, x = _small_lola(0), torch.rand(6, 1, 12, 12)
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    program = enc.program
+    layout = program.published
+    assert layout.gather and layout.chunks == len(layout.gather) and layout.period == layout.slots
+    first = program.plan.affine[0][0]
+    assert all(part.giant == 1 and len(part.blocks) == 1 for part in first.parts)  # a product per ciphertext
+    assert Layout.from_json(layout.to_json()) == layout
+    # every slot holds an input its output's kernel reads: 2x2 stride 2, so each input is read by one position
+    held = np.asarray(layout.gather)
+    assert set(np.unique(held)) - {-1} <= set(range(144))
+    with torch.no_grad():
+        want = model(x)
+    assert float((enc(x) - want).abs().max()) < 1e-2
+    dense = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency", packing="dense")
+    assert not dense.program.published.gather
+    assert float((dense(x) - want).abs().max()) < 1e-2
+
+
+def test_the_tap_packing_depends_on_the_architecture_not_the_weights() -> None:
+    x = torch.rand(4, 1, 12, 12)
+    one, other = _small_lola(0), _small_lola(1)
+    with torch.no_grad():
+        other.conv.weight[1, 0, 0, 1] = 0.0  # a pruned weight must not show in the published layout
+    layouts = [si.wrap(m, "tenseal", sample_input=x[:1], calibration=x, mode="latency").program.published
+               for m in (one, other)]
+    assert layouts[0].gather == layouts[1].gather
+
+
+def test_a_published_gather_is_checked() -> None:
+    model, x = _small_lola(0), torch.rand(4, 1, 12, 12)
+    data = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency").program.published.to_json()
+    too_far = dict(data, gather=[[144] + g[1:] for g in data["gather"]])
+    with pytest.raises(si.ParameterError, match="layout.gather: every index"):
+        Layout.from_json(too_far)
+    with pytest.raises(si.ParameterError, match="layout.gather: expected chunks"):
+        Layout.from_json(dict(data, gather=data["gather"][:-1] if len(data["gather"]) > 1 else data["gather"] * 2))
+    with pytest.raises(si.ParameterError, match="layout.gather: expected a list"):
+        Layout.from_json(dict(data, gather=[[0.5]]))
+
+
+def test_the_tap_packing_puts_zero_where_no_input_is_read() -> None:
+    x = np.array([5.0, 6.0, 7.0])
+    packed = pack_latency(x, 8, 8, chunks=2, gather=[[0, 2, -1, 1, -1, -1, -1, -1], [-1] * 7 + [2]])
+    assert list(packed[0]) == [5, 7, 0, 6, 0, 0, 0, 0] and list(packed[1]) == [0] * 7 + [7]
+    with pytest.raises(ValueError, match="does not index"):
+        pack_latency(x, 8, 8, chunks=1, gather=[[3] * 8])
 
 
 def test_square_chains_are_recognised() -> None:

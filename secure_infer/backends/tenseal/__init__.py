@@ -40,10 +40,11 @@ from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin", "workers", "schedule", "tolerance"}
+            "margin", "workers", "schedule", "tolerance", "packing"}
 NOISE_ALLOWANCE = 10.0
 """The worst-case bound allows for this many times the CKKS rounding noise measured on the calibration data."""
 SCHEDULES = ("levels", "square-chain")
+PACKINGS = ("auto", "dense")
 
 
 class TensealProgram(Program):
@@ -53,13 +54,20 @@ class TensealProgram(Program):
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
                  scale_bits: int | None = None, margin: float = 0.1, workers: int = 1,
-                 schedule: str | None = None, tolerance: float | None = None) -> None:
+                 schedule: str | None = None, tolerance: float | None = None, packing: str = "auto") -> None:
         """``schedule``: ``"levels"`` (one prime per multiplication: most precise) or ``"square-chain"``
         (each affine layer shares the next square's prime: fewer primes, faster, smaller keys, weights
         encoded at 2^15-2^17). Default: the square chain in batch mode, where weights are scalars and
         lose nothing measurable, levels in latency mode, where weights are vectors and CKKS encodes
         them less exactly (on the digits CNN's test set: max logit error 0.6 instead of 0.02, argmax
         agreement 449/450 instead of 450/450).
+
+        ``packing`` (latency mode): ``"auto"`` lets the first layer read the tap packing
+        when it is cheaper: the client sends, for each output, the inputs its
+        kernel reads, so a convolution costs a few plaintext products instead of
+        a diagonal product with rotations (the published layout then shows the
+        first layer's kernel size, stride and padding, never a weight);
+        ``"dense"`` publishes layer widths only.
 
         ``calibration`` sets the accepted input range (its min and max, widened by
         ``margin`` of the span): the client refuses anything outside it, and every
@@ -74,6 +82,8 @@ class TensealProgram(Program):
         if schedule == "square-chain" and (coeff_mod_bit_sizes is not None or scale_bits is not None):
             raise ParameterError("schedule='square-chain' chooses its own primes and scales: drop "
                                  "coeff_mod_bit_sizes/scale_bits, or use schedule='levels'")
+        if packing not in PACKINGS:
+            raise ParameterError(f"packing must be one of {PACKINGS}, got {packing!r}")
         _check_workers(workers, mode)
         calib = sample_input if calibration is None else calibration
         if isinstance(calib, torch.Tensor):
@@ -134,7 +144,8 @@ class TensealProgram(Program):
         started = time.perf_counter()
         if mode == "latency":
             self.plan: LatencyPlan | BatchPlan = LatencyPlan(self.compiled, None, slots, self.weight_bits,
-                                                             len(self.params.coeff_mod_bit_sizes) - 1)
+                                                             len(self.params.coeff_mod_bit_sizes) - 1,
+                                                             taps=packing == "auto")
             steps = tuple(sorted(self.plan.rotation_steps))
         else:
             self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits)
@@ -307,7 +318,10 @@ class TensealProgram(Program):
             return "CryptoNets: ciphertext j holds feature j of up to slots inputs"
         plan, out = self.plan, []
         layout = plan.input_layout
-        if layout.chunks > 1:
+        if layout.gather is not None:
+            out.append(f"input in the tap packing ({layout.chunks} ciphertext(s), each slot the input one "
+                       "first-layer tap reads)")
+        elif layout.chunks > 1:
             out.append(f"input split into {layout.chunks} ciphertexts")
         elif layout.block:
             out.append(f"input blocked (blocks of {layout.block} slots, {layout.width} values each)")
@@ -323,6 +337,8 @@ class TensealProgram(Program):
         if not isinstance(self.plan, LatencyPlan):
             return min(rows, self.params.slots)
         layout = self.plan.input_layout
+        if layout.gather is not None:
+            return int((layout.gather >= 0).sum())
         if layout.block:  # the blocked packing: every slot of a span does distinct work
             return layout.period * layout.block // layout.width
         return layout.period * layout.chunks

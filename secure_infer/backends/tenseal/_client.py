@@ -48,6 +48,12 @@ class Layout:
             repeated across the slots), else the blocked packing: block ``t`` (of
             ``block`` slots) repeats input values ``t*width .. t*width+width-1``
             (see ``layout_index``). They depend on layer widths only, never on a weight.
+        gather: latency mode, the tap packing (empty otherwise): ciphertext ``c``'s slot
+            ``s`` holds input value ``gather[c][s]`` (0 where it is -1), one
+            ciphertext per entry (``chunks`` of them, ``period`` = slots). It tells
+            the client which inputs each first-layer output reads (a convolution's
+            kernel size, stride and padding), never a weight; wrap with
+            ``packing="dense"`` to publish widths only.
         output_shape: one output's shape (``(output_size,)`` when absent).
         epilogue: the model's trailing softmax/log_softmax/sigmoid/argmax, which the
             client runs after decrypting (see ``secure_infer.ir.apply_epilogue``).
@@ -65,6 +71,7 @@ class Layout:
     output_chunks: int = 1
     block: int = 0
     width: int = 0
+    gather: tuple[tuple[int, ...], ...] = ()
     output_shape: tuple[int, ...] = ()
     epilogue: tuple[dict[str, Any], ...] = ()
 
@@ -84,6 +91,7 @@ class Layout:
             "coeff_mod_bit_sizes": list(self.params.coeff_mod_bit_sizes), "scale_bits": self.params.scale_bits,
             "period": self.period, "rotation_steps": list(self.rotation_steps), "chunks": self.chunks,
             "output_chunks": self.output_chunks, "block": self.block, "width": self.width,
+            **({"gather": [list(g) for g in self.gather]} if self.gather else {}),
             "output_shape": list(self.output_shape or (self.output_size,)), "epilogue": [dict(e) for e in self.epilogue],
         }
 
@@ -121,6 +129,7 @@ class Layout:
                      output_chunks=number("output_chunks", int) if "output_chunks" in data else 1,
                      block=number("block", int) if "block" in data else 0,
                      width=number("width", int) if "width" in data else 0,
+                     gather=_gather(data["gather"]) if "gather" in data else (),
                      output_shape=ints("output_shape") if "output_shape" in data else (),
                      epilogue=_epilogue(data.get("epilogue", [])))
         if layout.output_shape and math.prod(layout.output_shape) != layout.output_size:
@@ -141,7 +150,24 @@ class Layout:
                 layout_index(layout.period, layout.block, layout.width, layout.slots)
             except (ValueError, ZeroDivisionError) as exc:
                 raise ParameterError(f"layout.block/width: not a blocked packing of this input: {exc}") from None
+        if layout.gather:
+            if mode != "latency" or layout.block or layout.width or layout.period != layout.slots:
+                raise ParameterError("layout.gather: only in latency mode, with period = slots and no block/width")
+            if len(layout.gather) != layout.chunks or any(len(g) != layout.slots for g in layout.gather):
+                raise ParameterError(f"layout.gather: expected chunks ({layout.chunks}) lists of slots "
+                                     f"({layout.slots}) input indices")
+            if not all(-1 <= v < layout.input_size for g in layout.gather for v in g):
+                raise ParameterError(f"layout.gather: every index must be -1 or an input position below "
+                                     f"{layout.input_size}")
         return layout
+
+
+def _gather(value: Any) -> tuple[tuple[int, ...], ...]:
+    """A published tap packing: a list of lists of integers (validated against the layout by the caller)."""
+    if not isinstance(value, list) or not all(
+            isinstance(g, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in g) for g in value):
+        raise ParameterError("layout.gather: expected a list of lists of integers")
+    return tuple(tuple(g) for g in value)
 
 
 def _epilogue(value: Any) -> tuple[dict[str, Any], ...]:
@@ -180,6 +206,7 @@ class LayoutClient:
         self.layout = layout
         self.keys = keys or ClientKeys(layout.params, layout.rotation_steps)
         self._encrypt = self.keys.encrypt_for_wire if for_wire else self.keys.encrypt
+        self._gather = np.asarray(layout.gather, dtype=np.int64) if layout.gather else None
 
     def check_input(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """Validate shape, dtype and range at the boundary; return inputs as flat float64 rows."""
@@ -213,7 +240,7 @@ class LayoutClient:
         if self.layout.mode == "latency":
             for row in flat:
                 packed = pack_latency(row, self.layout.period, self.layout.slots, self.layout.chunks, self.layout.block,
-                                      self.layout.width)
+                                      self.layout.width, self._gather)
                 yield 1, [self._encrypt(v) for v in packed]
         else:
             for start in range(0, len(flat), self.layout.slots):

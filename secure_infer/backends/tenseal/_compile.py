@@ -58,6 +58,9 @@ class AffineStage:
     bias: np.ndarray  # (out,)
     paths: list[str]
     raw: tuple[list[np.ndarray], np.ndarray] | None = field(default=None, repr=False)  # before normalisation
+    # which entries the architecture can make nonzero (weights drawn at random): the first stage's
+    # connectivity, which a client may be told without learning any weight (None: not computed)
+    structure: list[np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -237,8 +240,24 @@ def _flat_size(node: Node) -> int:
     return int(math.prod(node.feature_shape))
 
 
-def _compose(graph: Graph, target: str, sources: list[str]) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
-    """Blocks and bias of the affine map from ``sources`` to ``target``, by probing in float64."""
+def _generic(module: nn.Module) -> nn.Module:
+    """``module`` with every float parameter and buffer drawn from U(0.5, 1.5): its structure, none of its values."""
+    rng = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=rng, dtype=tensor.dtype))
+    return module
+
+
+def _compose(graph: Graph, target: str, sources: list[str],
+             generic: bool = False) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """Blocks and bias of the affine map from ``sources`` to ``target``, by probing in float64.
+
+    ``generic``: with every module's weights drawn at random, so that the
+    blocks' zero pattern is the architecture's (which outputs read which
+    inputs), not an accident of the trained values.
+    """
     sizes = [_flat_size(graph.node(s)) for s in sources]
     rows = 1 + sum(sizes)
     target_node = graph.node(target)
@@ -264,6 +283,8 @@ def _compose(graph: Graph, target: str, sources: list[str]) -> tuple[list[np.nda
             step = copy.copy(node)
             if node.module is not None:
                 step.module = copy.deepcopy(node.module).double()
+                if generic:
+                    step.module = _generic(step.module)
             values[node.name] = plaintext(step, [values[i] for i in node.inputs], rows).double()
     out = values[target]
     if target_node.batch_dim:
@@ -286,7 +307,12 @@ def _build(graph: Graph, kinds: dict[str, str]) -> tuple[list[Stage], int, dict[
     def affine(target: str) -> int:
         sources = _sources(graph, target, kinds)
         blocks, bias, paths = _compose(graph, target, sources)
-        stages.append(AffineStage([value[s] for s in sources], blocks, bias, paths))
+        stage = AffineStage([value[s] for s in sources], blocks, bias, paths)
+        if sources == [graph.nodes[0].name]:  # reads the client's input: its packing may follow the structure
+            structure = [b != 0 for b in _compose(graph, target, sources, generic=True)[0]]
+            if all(not (real & ~known).any() for real, known in zip([b != 0 for b in blocks], structure, strict=True)):
+                stage.structure = structure
+        stages.append(stage)
         return len(stages) - 1
 
     for node in graph.layers():

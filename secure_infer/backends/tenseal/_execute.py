@@ -23,6 +23,18 @@ plan picks the span with the fewest rotations, multiplications and new
 rotation keys (on the reference network: 18 rotations and 64 products
 instead of 32 and 256).
 
+When the first stage is sparse (a convolution: each output reads the ``T``
+inputs under its kernel), the client can instead send the "tap" packing:
+per output slot, the input one kernel tap reads, ``group`` taps per
+ciphertext in ``ceil(T / group)`` ciphertexts (see ``_choose_taps``). The
+stage is then one plaintext product per ciphertext and ``log2(group)`` folds,
+no diagonal product; with one tap per ciphertext the output can even come
+out in the blocked layout the next affine stage reads cheapest. On LoLA's
+MNIST network (conv 2x2 stride 2) that is 4 products instead of 256
+diagonals and 30 rotations. The published gather shows which inputs each
+first-layer output reads (the kernel geometry), computed with random weights
+so that no trained value, not even a zero, shows in it.
+
 ``batch``: one ciphertext per input feature, one input per slot (CryptoNets'
 SIMD packing): affine stages are scalar multiply-adds, no rotations at all.
 
@@ -294,6 +306,9 @@ class _Ops:
         return [self.lower(ct, pid) for ct in cts]
 
 ROTATION_VS_MULTIPLY = 12.0  # a key switch costs about this many plaintext multiply-adds (N=8192, measured)
+ENCRYPT_VS_MULTIPLY = 12.0  # one more input ciphertext: the client encodes, encrypts and sends it (N=8192, measured)
+MAX_TAP_CIPHERTEXTS = 8
+"""The tap packing sends at most this many ciphertexts per input (upload grows with each)."""
 
 
 def _giant(diagonals: int) -> int:
@@ -360,10 +375,20 @@ class _Row:
     parts: list[_Part]
     fold_steps: list[int]
     bias_cache: dict[float, Any] = field(default_factory=dict)
+    out_index: np.ndarray | None = None  # the output value each slot holds (-1: none); None: period m_pad
 
     @property
     def blocks(self) -> list[list[tuple[int, Any]]]:  # for reports: every diagonal of every part
         return [block for part in self.parts for block in part.blocks]
+
+
+@dataclass
+class _Taps:
+    """The first stage's tap packing (see ``LatencyPlan._choose_taps``)."""
+
+    stage: int
+    group: int  # taps per ciphertext, folded
+    out_index: np.ndarray | None  # the output value each slot holds, when not periodic
 
 
 @dataclass
@@ -372,8 +397,9 @@ class _Layout:
 
     chunks: int
     period: int  # output value i is in slot i mod period (chunked: period = slots, chunk c holds c*slots..)
-    block: int = 0  # the blocked packing (the input only), see layout_index
+    block: int = 0  # the blocked packing, see layout_index
     width: int = 0
+    gather: np.ndarray | None = None  # the tap packing (the input only): (chunks, slots) input index, -1 for 0
 
     def index(self, slots: int) -> np.ndarray:
         """The value each slot of a single-chunk layout holds."""
@@ -392,7 +418,8 @@ class LatencyPlan:
     """
 
     def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0,
-                 data_primes: int = 0) -> None:
+                 data_primes: int = 0, taps: bool = True) -> None:
+        """``taps``: allow the tap packing, which tells the client the first layer's connectivity."""
         self.compiled = compiled
         self.slots = slots
         self.weight_bits = weight_bits  # > 0: the square-chain schedule, as in BatchPlan
@@ -411,15 +438,19 @@ class LatencyPlan:
         first = readers[0] if len(readers) == 1 else None
         if first is not None:
             stage = stages[first]
-            if not (isinstance(stage, AffineStage) and stage.inputs == [INPUT] and self.layouts[INPUT].chunks == 1
-                    and self.layouts[first].chunks == 1):
+            if not (isinstance(stage, AffineStage) and stage.inputs == [INPUT] and self.layouts[first].chunks == 1):
                 first = None
+        tapped = self._choose_taps(first) if first is not None and taps else None
+        if first is not None and tapped is None and self.layouts[INPUT].chunks > 1:
+            first = None  # neither packing applies: an input split into chunks, read like any other value
         # later stages first: the first one's packing weighs their rotation keys
         for i in reversed(range(len(stages))):
             stage = stages[i]
             if isinstance(stage, AffineStage) and i != first:
                 self.affine[i] = self._plan_stage(i, stage)
-        if first is not None:
+        if tapped is not None:
+            self._plan_taps(tapped)
+        elif first is not None:
             self._plan_first(first)
         self.chebyshev = {i: self._coefficient_vectors(stage) for i, stage in enumerate(stages)
                           if isinstance(stage, PolyStage) and stage.fit is not None}
@@ -477,7 +508,7 @@ class LatencyPlan:
         slots = self.slots
         out = self.layouts[i]
         single = len(stage.inputs) == 1 and out.chunks == 1 and self.layouts[stage.inputs[0]].chunks == 1
-        if single and i == self.compiled.output:
+        if single and i == self.compiled.output and not self.layouts[stage.inputs[0]].block:
             return [self._plan_last(stage, self.layouts[stage.inputs[0]], self.stage_level(i))]
         m_pad = out.period
         rows_out = []
@@ -491,6 +522,9 @@ class LatencyPlan:
                     for c in range(src.chunks):
                         parts.append(self._plan_part(k, c, _columns(part_rows, c * slots, slots),
                                                      np.arange(slots), m_pad, slots, m_pad))
+                elif src.block:  # laid out for this stage by the tap packing (see _choose_taps)
+                    parts.append(self._plan_part(k, 0, part_rows, src.index(slots), src.width,
+                                                 src.period * src.block // src.width, m_pad))
                 else:
                     parts.append(self._plan_part(k, 0, part_rows, src.index(slots), min(m_pad, src.period),
                                                  max(src.period, m_pad), m_pad))
@@ -537,6 +571,111 @@ class LatencyPlan:
         part = self._plan_part(INPUT, 0, stage.blocks[0], layout_index(n_pad, m_pad, width, slots), width, span, m_pad)
         self.affine[i] = [self._row(stage, slice(None), m_pad, [part])]
 
+    def _consumer(self, i: int) -> tuple[int | None, list[int]]:
+        """The one affine stage reading ``i``'s value through polynomials only, and the values on the way."""
+        stages, chain, value = self.compiled.stages, [i], i
+        while value != self.compiled.output:
+            users = self.compiled.users(value)
+            if len(users) != 1:
+                break
+            user = stages[users[0]]
+            if isinstance(user, PolyStage):
+                value = users[0]
+                chain.append(value)
+                continue
+            if user.inputs == [value] and self.layouts[users[0]].chunks == 1:
+                return users[0], chain
+            break
+        return None, chain
+
+    def _blocked_for(self, k: int, n: int) -> tuple[float, _Layout | None]:
+        """The cheapest blocked layout for stage ``k`` to read a value of period ``n``, and its cost."""
+        m, level, slots = self.layouts[k].period, self.stage_level(k), self.slots
+        spans = [s for s in (max(n, m) << j for j in range(int(math.log2(slots)) + 1)) if s <= slots and n * m >= s]
+        span = min(spans, key=lambda s: self._cost(n * m // s, m, s, level))
+        layout = _Layout(1, n, m, n * m // span) if span > max(n, m) else None
+        return self._cost(n * m // span, m, span, level), layout
+
+    def _choose_taps(self, i: int) -> _Taps | None:
+        """The tap packing for the first stage, when the cost model prefers it to the blocked one.
+
+        Each output reads at most ``T`` inputs (a convolution: its kernel's
+        taps). The client sends, per output slot, the input each tap reads:
+        ``group`` taps per ciphertext, in ``ceil(T / group)`` ciphertexts, so
+        the stage is one plaintext product per ciphertext and ``log2(group)``
+        folds, instead of a diagonal product. With one tap per ciphertext there
+        is no fold, and the output can sit in whatever layout the next affine
+        stage reads cheapest (the blocked one). The client learns the stage's
+        connectivity (the generic structure, see ``AffineStage.structure``),
+        never a weight.
+        """
+        stage = self.compiled.stages[i]
+        assert isinstance(stage, AffineStage)
+        if stage.structure is None:
+            return None
+        columns = [np.flatnonzero(row) for row in stage.structure[0]]
+        taps = max((len(c) for c in columns), default=0)
+        m_pad, slots, level = self.layouts[i].period, self.slots, self.stage_level(i)
+        if not taps or m_pad > slots:
+            return None
+        rotation, multiply = self._costs(level)
+        consumer, chain = self._consumer(i)
+        periodic = blocked = 0.0
+        blocked_layout = None
+        if consumer is not None:
+            k_layout = self.layouts[consumer]
+            periodic = self._cost(min(k_layout.period, m_pad), k_layout.period, max(m_pad, k_layout.period),
+                                  self.stage_level(consumer))
+            blocked, blocked_layout = self._blocked_for(consumer, m_pad)
+        best, best_cost = None, math.inf
+        if self.layouts[INPUT].chunks == 1:  # the blocked (or periodic) packing of _plan_first
+            n_pad = self.layouts[INPUT].period
+            spans = [s for s in (max(n_pad, m_pad) << j for j in range(int(math.log2(slots)) + 1))
+                     if s <= slots and n_pad * m_pad >= s]
+            best_cost = min(self._cost(n_pad * m_pad // s, m_pad, s, level) for s in spans) + periodic
+        for j in range(int(math.log2(slots // m_pad)) + 1):
+            group = 1 << j
+            count = -(-taps // group)
+            if count > MAX_TAP_CIPHERTEXTS:
+                continue
+            free = group == 1 and blocked_layout is not None
+            cost = (count * multiply + j * rotation + (count - 1) * ENCRYPT_VS_MULTIPLY
+                    + (blocked if free else periodic))
+            if cost < best_cost:
+                best, best_cost = (group, count, free), cost
+        if best is None:
+            return None
+        group, count, free = best
+        if free:
+            assert blocked_layout is not None
+            for value in chain:
+                self.layouts[value] = blocked_layout
+            out_index = blocked_layout.index(slots)
+        else:
+            out_index = np.arange(slots) % m_pad
+        table = np.full((m_pad, count * group), -1, dtype=np.int64)
+        for row, cols in enumerate(columns):
+            table[row, : len(cols)] = cols
+        tap = (np.arange(slots) // m_pad) % group
+        gather = np.stack([table[out_index, c * group + tap] for c in range(count)])
+        self.layouts[INPUT] = _Layout(count, slots, gather=gather)
+        return _Taps(i, group, out_index if free else None)
+
+    def _plan_taps(self, taps: _Taps) -> None:
+        """The first stage in the tap packing: a plaintext product per input ciphertext, summed and folded."""
+        stage, layout = self.compiled.stages[taps.stage], self.layouts[INPUT]
+        assert isinstance(stage, AffineStage) and layout.gather is not None
+        matrix, m_pad = stage.blocks[0], self.layouts[taps.stage].period
+        rows = taps.out_index if taps.out_index is not None else np.arange(self.slots) % m_pad
+        parts = []
+        for c, gather in enumerate(layout.gather):
+            held = (gather >= 0) & (rows < matrix.shape[0])
+            diagonal = np.where(held, matrix[np.where(held, rows, 0), np.where(held, gather, 0)], 0.0)
+            parts.append(_Part(INPUT, c, 1, [[(0, diagonal)]], m_pad * taps.group))
+        row = self._row(stage, slice(None), m_pad, parts)
+        row.out_index = taps.out_index
+        self.affine[taps.stage] = [row]
+
     def _plan_part(self, source: int, chunk: int, matrix: np.ndarray, in_index: np.ndarray, diagonals: int,
                    fold_to: int, m_pad: int) -> _Part:
         """Generalized diagonals of ``matrix`` for an input whose slot ``s`` holds value ``in_index[s]``.
@@ -574,7 +713,7 @@ class LatencyPlan:
         size = coefficients.shape[0]
         out = []
         for c in range(layout.chunks):
-            element = c * slots + np.arange(slots) if layout.chunks > 1 else np.arange(slots) % layout.period
+            element = c * slots + np.arange(slots) if layout.chunks > 1 else layout.index(slots)
             valid = element < size
             vectors = np.zeros((coefficients.shape[1], slots))
             vectors[:, valid] = coefficients[element[valid]].T
@@ -686,10 +825,15 @@ class LatencyPlan:
             ops.rescale(result)
         scale = result.scale
         if scale not in row.bias_cache:
-            bias = np.zeros(row.m_pad)
             part_bias = row.stage.bias[row.rows]
-            bias[: len(part_bias)] = part_bias
-            row.bias_cache[scale] = ops.server.encode(np.tile(bias, self.slots // row.m_pad), result.parms_id(), scale)
+            if row.out_index is not None:
+                held = (row.out_index >= 0) & (row.out_index < len(part_bias))
+                vector = np.where(held, part_bias[np.where(held, row.out_index, 0)], 0.0)
+            else:
+                bias = np.zeros(row.m_pad)
+                bias[: len(part_bias)] = part_bias
+                vector = np.tile(bias, self.slots // row.m_pad)
+            row.bias_cache[scale] = ops.server.encode(vector, result.parms_id(), scale)
         if not row.bias_cache[scale].is_zero():
             ops.ev.add_plain_inplace(result, row.bias_cache[scale])
         return result
@@ -714,15 +858,16 @@ class LatencyPlan:
             result = ops.tiny(ct, ops.server.prime_at(ct.parms_id()))
         return result
 
-    def layout_fields(self) -> dict[str, int]:
+    def layout_fields(self) -> dict[str, Any]:
         """The packing the client must use, as :class:`~._client.Layout` fields (widths only, no weight)."""
         layout = self.input_layout
+        gather = () if layout.gather is None else tuple(tuple(int(v) for v in g) for g in layout.gather)
         return {"period": layout.period, "chunks": layout.chunks, "output_chunks": self.output_chunks,
-                "block": layout.block, "width": layout.width}
+                "block": layout.block, "width": layout.width, "gather": gather}
 
     def pack(self, x: np.ndarray) -> list[np.ndarray]:
         layout = self.input_layout
-        return pack_latency(x, layout.period, self.slots, layout.chunks, layout.block, layout.width)
+        return pack_latency(x, layout.period, self.slots, layout.chunks, layout.block, layout.width, layout.gather)
 
 
 def _encode_blocks(server: ServerContext, blocks: list[list[tuple[int, Any]]], parms_id: Any,
@@ -744,15 +889,23 @@ def _columns(matrix: np.ndarray, start: int, width: int) -> np.ndarray:
 
 
 def pack_latency(x: np.ndarray, period: int, slots: int, chunks: int = 1, block: int = 0,
-                 width: int = 0) -> list[np.ndarray]:
+                 width: int = 0, gather: Any = None) -> list[np.ndarray]:
     """Client side of latency mode: one flat input as ``chunks`` slot vectors.
 
     One chunk: the input zero-padded to ``period`` and repeated across the
     slots, or, with ``block`` and ``width``, in the blocked packing (see
     :func:`layout_index`). Several (an input wider than one ciphertext): consecutive
-    runs of ``slots`` values, zero-padded. Needs only the published layout,
-    never the model.
+    runs of ``slots`` values, zero-padded. ``gather`` (the tap packing):
+    ciphertext ``c``'s slot ``s`` holds input value ``gather[c][s]``, 0 where
+    that is -1. Needs only the published layout, never the model.
     """
+    if gather is not None and len(gather):
+        index = np.asarray(gather, dtype=np.int64)
+        if index.shape != (chunks, slots) or index.min() < -1 or index.max() >= x.size:
+            raise ValueError(f"a gather of shape {index.shape} does not index {chunks} x {slots} slots "
+                             f"of an input of {x.size} values")
+        padded = np.append(x.reshape(-1).astype(np.float64), 0.0)  # index -1: the appended zero
+        return [padded[g] for g in index]
     if x.size > period * chunks or slots % period or (chunks > 1 and (period != slots or block)):
         raise ValueError(f"an input of {x.size} values does not fit {chunks} x period {period} in {slots} slots")
     padded = np.zeros(period * chunks)
