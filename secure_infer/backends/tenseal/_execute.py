@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from secure_infer.backends.tenseal import _raw
 from secure_infer.backends.tenseal._compile import INPUT, AffineStage, Compiled, PolyStage
 from secure_infer.backends.tenseal._params import RING_DEGREES
 from secure_infer.backends.tenseal._poly import Chebyshev
@@ -935,6 +936,7 @@ class BatchPlan:
         self.server = server
         self.slots = slots
         self.weight_bits = weight_bits
+        self.raw = _raw.available()  # affine stages as integer matrix products (see _raw)
 
     def run(self, cts: list[Any], server: ServerContext | None = None) -> list[Any]:
         """Evaluate on one ciphertext per input feature (one input per slot)."""
@@ -985,12 +987,55 @@ class BatchPlan:
         """Output ``rows`` of ``stage``, weights encoded at ``scale``; rescaled unless in a square chain.
 
         Weights that round to zero at ``scale`` are skipped; a row left with none
-        is a near-zero ciphertext SEAL accepts, plus the bias.
+        is a near-zero ciphertext SEAL accepts, plus the bias. Where the
+        ciphertext buffers are accessible, the products run as one integer
+        matrix product (:mod:`._raw`, the same bits as SEAL's calls below).
         """
         parms = cts[0].parms_id()
-        ev, encode = ops.ev, ops.server.encode
         block = stage.matrix[rows.start : rows.stop]
-        accs: list[Any] = [None] * len(rows)
+        if self.raw and all(ct.size() == 2 for ct in cts) and _raw.fits(ops.server.context, parms):
+            accs = self._products_raw(ops, block, cts, scale)
+        else:
+            accs = self._products(ops, block, cts, scale)
+        out = []
+        for i, r in enumerate(rows):
+            acc = accs[i]
+            if acc is None:  # every weight of the row is (or rounds to) zero
+                acc = ops.tiny(cts[0], scale)
+            if not self.weight_bits:
+                ops.rescale(acc)
+            ops.add_scalar(acc, float(stage.bias[r]))
+            out.append(acc)
+        return out
+
+    @staticmethod
+    def _products_raw(ops: _Ops, block: np.ndarray, cts: list[Any], scale: float) -> list[Any]:
+        """``block @ cts`` with every weight rounded as SEAL's scalar encoder does, by :func:`._raw.lincomb`."""
+        parms = cts[0].parms_id()
+        scales = np.array([scale * cts[0].scale / ct.scale for ct in cts])
+        weights = _raw.seal_round(block * scales[None, :])
+        used = np.flatnonzero(np.abs(weights).max(axis=0) > 0)
+        out: list[Any] = [None] * len(block)
+        if not len(used):
+            return out
+        product_scale = cts[0].scale * scale
+        moduli = _raw.moduli_at(ops.server.context, parms)
+        if math.log2(product_scale) >= _raw.log2_total(moduli):
+            raise ValueError("scale out of bounds")  # what SEAL's multiply_plain would say
+        sums = _raw.lincomb(weights[:, used], [_raw.buffer(cts[j]) for j in used], moduli)
+        for r in np.flatnonzero(np.abs(weights[:, used]).max(axis=1) > 0):
+            acc = ops.copy(cts[used[0]])
+            _raw.buffer(acc)[...] = sums[r]
+            acc.scale = product_scale
+            out[r] = acc
+        return out
+
+    @staticmethod
+    def _products(ops: _Ops, block: np.ndarray, cts: list[Any], scale: float) -> list[Any]:
+        """``block @ cts`` by SEAL's multiply_plain and add_inplace, column by column."""
+        parms = cts[0].parms_id()
+        ev, encode = ops.ev, ops.server.encode
+        accs: list[Any] = [None] * len(block)
         term = ops.new()
         # Column by column: each input ciphertext is read from memory once and stays in
         # cache while it is added into every row that uses it (row by row streams all
@@ -1012,13 +1057,4 @@ class BatchPlan:
                     if term.scale != accs[k].scale:
                         ops.match_scale(term, accs[k].scale)
                     ev.add_inplace(accs[k], term)
-        out = []
-        for i, r in enumerate(rows):
-            acc = accs[i]
-            if acc is None:  # every weight of the row is (or rounds to) zero
-                acc = ops.tiny(cts[0], scale)
-            if not self.weight_bits:
-                ops.rescale(acc)
-            ops.add_scalar(acc, float(stage.bias[r]))
-            out.append(acc)
-        return out
+        return accs
