@@ -93,6 +93,8 @@ class Engine(ABC):
     """Runs :class:`WorkerSpec` blocks on ``workers`` workers; results as they finish."""
 
     workers: int
+    same_host: bool = False
+    """Whether every worker runs on this machine (payloads may then skip compression)."""
 
     @abstractmethod
     def run(self, spec: WorkerSpec, blocks: Iterable[tuple[int, Any]], *,
@@ -136,6 +138,12 @@ def _local_init(spec_bytes: bytes, threads: int) -> None:
         torch.set_num_threads(threads)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+    try:  # BLAS too: workers side by side, each with as many threads as cores, would fight over them
+        from threadpoolctl import threadpool_limits
+
+        _STATE["blas"] = threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - a scikit-learn dependency
+        pass
     spec = pickle.loads(spec_bytes)
     _STATE["spec"] = spec
     _STATE["state"] = spec.build()
@@ -171,6 +179,8 @@ class LocalEngine(Engine):
     worker shares no memory with the client, so it holds only what was sent
     to it (see :func:`outgoing`).
     """
+
+    same_host = True
 
     def __init__(self, workers: int = 2, *, threads: int = 1) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

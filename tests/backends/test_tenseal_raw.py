@@ -97,3 +97,27 @@ def test_the_reference_network_in_batch_mode_agrees_with_plaintext() -> None:
     assert enc.program.plan.raw
     with torch.no_grad():
         assert float((enc(x) - model(x)).abs().max()) < 1e-2
+
+
+def test_raw_bytes_carry_a_ciphertext_between_processes_and_refuse_anything_else() -> None:
+    from secure_infer.backends.tenseal._params import CKKSParameters
+    from secure_infer.backends.tenseal._seal import ClientKeys, ServerContext
+
+    params = CKKSParameters(8192, (52, 54, 54, 54), 22)
+    keys, server = ClientKeys(params, ()), ServerContext(params, None)
+    values = np.linspace(-1, 1, params.slots)
+    blob = _raw.to_bytes(keys.encrypt(values))
+    back = _raw.from_bytes(server.context, blob)  # another context object, as in a worker
+    assert back.is_ntt_form() and np.abs(keys.decrypt(back)[: params.slots] - values).max() < 1e-3
+    header = _raw._HEADER.itemsize
+    data = np.frombuffer(blob, dtype="<u8", offset=header).copy()
+    data[7] = np.uint64((1 << 54) - 1)  # above every prime of the level
+    with pytest.raises(ValueError, match="outside its prime"):
+        _raw.from_bytes(server.context, blob[:header] + data.tobytes())
+    with pytest.raises(ValueError, match="bad magic"):
+        _raw.from_bytes(server.context, b"X" + blob[1:])
+    with pytest.raises(ValueError, match="sizes or scale"):
+        _raw.from_bytes(server.context, blob[:-8])
+    other = ServerContext(CKKSParameters(8192, (50, 54, 54, 54), 22), None)
+    with pytest.raises(ValueError, match="level these parameters do not have"):
+        _raw.from_bytes(other.context, blob)

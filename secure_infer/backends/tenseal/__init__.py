@@ -20,6 +20,7 @@ import torch
 from secure_infer._errors import ParameterError, UnsupportedModelError
 from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
+from secure_infer.backends.tenseal import _raw
 from secure_infer.backends.tenseal._blocks import BlockEvaluator, BlockResult, stream
 from secure_infer.backends.tenseal._client import Layout, LayoutClient, RunTotals
 from secure_infer.backends.tenseal._compile import Compiled, compile_graph, square_chain
@@ -171,7 +172,7 @@ class TensealProgram(Program):
         self._ct_in_bytes: int | None = None
         self.workers = workers
         self._engine: LocalEngine | None = None  # started on the first call that spans several blocks
-        self._spec: BlockEvaluator | None = None
+        self._spec: dict[bool, BlockEvaluator] = {}
         self.noise: float | None = None  # CKKS rounding noise, measured by run() (wrap's run on the sample)
 
     @property
@@ -200,21 +201,27 @@ class TensealProgram(Program):
         approximation errors, so the model owner holds no secret key at all.
         """
         self.client = None
-        self._spec = None
+        self._spec = {}
         self.close()
         self.server = ServerContext(self.params, None)
         self.plan.server = self.server
 
-    def worker_spec(self) -> BlockEvaluator:
-        """What a batch-mode worker needs (public material only): see :mod:`secure_infer.engine`."""
+    def worker_spec(self, same_host: bool = False) -> BlockEvaluator:
+        """What a batch-mode worker needs (public material only): see :mod:`secure_infer.engine`.
+
+        ``same_host``: ciphertexts travel as raw coefficients (a copy) rather
+        than SEAL's compressed bytes, when the buffers are accessible here.
+        """
         if not isinstance(self.plan, BatchPlan):
             raise ParameterError("only mode='batch' evaluates blocks on workers; wrap with mode='batch'")
         if self.client is None:
             raise ParameterError("this program holds no key pair (forget_client_keys() was called)")
-        if self._spec is None:  # one object, so an engine that holds it already does not restart its workers
-            self._spec = BlockEvaluator(self.params, self.compiled, self.weight_bits,
-                                        dict(self.client.keys.public_blobs), self.client.keys.rotation_steps)
-        return self._spec
+        raw = same_host and _raw.available()
+        if raw not in self._spec:  # one object each, so an engine that holds it does not restart its workers
+            self._spec[raw] = BlockEvaluator(self.params, self.compiled, self.weight_bits,
+                                             dict(self.client.keys.public_blobs), self.client.keys.rotation_steps,
+                                             raw)
+        return self._spec[raw]
 
     def stream(self, x: torch.Tensor | np.ndarray, engine: Engine, *, blocks: list[tuple[int, range]] | None = None,
                on_encrypted: Callable[[int], None] | None = None) -> Iterator[BlockResult]:
@@ -224,7 +231,7 @@ class TensealProgram(Program):
         slot-sized blocks); results come in completion order, each with its
         rows. The secret key and the plaintext never leave this process.
         """
-        spec = self.worker_spec()
+        spec = self.worker_spec(engine.same_host)
         assert self.client is not None
         yield from self._stream_flat(spec, self.client.check_input(x), engine, blocks, on_encrypted)
 
@@ -302,7 +309,7 @@ class TensealProgram(Program):
         started = time.perf_counter()
         totals = RunTotals()
         parts: dict[int, np.ndarray] = {}
-        for block in self._stream_flat(self.worker_spec(), flat, self._engine, None):
+        for block in self._stream_flat(self.worker_spec(True), flat, self._engine, None):
             parts[block.index] = block.outputs
             totals.encrypt_s += block.encrypt_s
             totals.decrypt_s += block.decrypt_s
