@@ -11,8 +11,8 @@ import torch
 from secure_infer import datasets, zoo
 
 # The digits logistic regression is affine (one plaintext-weight product, one rescale), so the only
-# error is CKKS's encoding and rescaling noise. Its parameters (N=4096, primes [38, 28, 38], scale
-# 2^28) gave a max error of 2.7e-5 per logit over 40 test inputs (logits up to 20); 1e-2 leaves that a
+# error is CKKS's encoding and rescaling noise. Its parameters (N=4096, primes [39, 29, 39], scale
+# 2^29; at 2^28 the max error was 2.7e-5 per logit over 40 test inputs, logits up to 20); 1e-2 leaves that a
 # margin of several hundred, yet any wrong answer (a logit off by 0.5, another input's answer, a stale
 # result) exceeds it.
 TOLERANCE = 1e-2

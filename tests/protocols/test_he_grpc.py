@@ -333,7 +333,7 @@ BAD_CIPHERTEXTS: dict[str, tuple[Callable[[ClientKeys], bytes], str]] = {
                                       .encrypt_for_wire(np.ones(8))), "not a valid SEAL Ciphertext"),
     "other-primes": (lambda k: to_bytes(ClientKeys(CKKSParameters(4096, (40, 20, 40), 20), ())
                                         .encrypt_for_wire(np.ones(8))), "not a valid SEAL Ciphertext"),
-    "other-scale": (lambda k: to_bytes(ClientKeys(CKKSParameters(4096, (38, 28, 38), 20), ())
+    "other-scale": (lambda k: to_bytes(ClientKeys(CKKSParameters(4096, (39, 29, 39), 20), ())
                                        .encrypt_for_wire(np.ones(8))), "not a fresh encryption"),
     "lower-level": (_lower_level, "not a fresh encryption"),
     "transparent": (_transparent_in_ntt_form, "transparent"),
@@ -372,7 +372,7 @@ def _keys(params: tuple[int, tuple[int, ...], int], steps: Iterable[int]) -> dic
     return ClientKeys(CKKSParameters(*params), tuple(steps)).public_blobs
 
 
-LOGREG = (4096, (38, 28, 38), 28)
+LOGREG = (4096, (39, 29, 39), 29)
 STEPS = (16, 32, 64, 128, 256, 512)  # the logreg layout's rotation steps (checked in the test)
 BAD_KEYS: dict[str, tuple[Callable[[], list[pb.KeyChunk]], str, str]] = {
     "other-ring": (lambda: _key_chunks(_keys((8192, (60, 40, 40, 60), 40), STEPS)), "bad-keys", "keys:"),

@@ -307,7 +307,7 @@ class _Ops:
         return [self.lower(ct, pid) for ct in cts]
 
 ROTATION_VS_MULTIPLY = 12.0  # a key switch costs about this many plaintext multiply-adds (N=8192, measured)
-ENCRYPT_VS_MULTIPLY = 12.0  # one more input ciphertext: the client encodes, encrypts and sends it (N=8192, measured)
+ENCRYPT_VS_MULTIPLY = 6.0  # one more input ciphertext: the client encodes, encrypts and sends it (half a key switch, measured)
 MAX_TAP_CIPHERTEXTS = 8
 """The tap packing sends at most this many ciphertexts per input (upload grows with each)."""
 
@@ -389,7 +389,8 @@ class _Taps:
 
     stage: int
     group: int  # taps per ciphertext, folded
-    out_index: np.ndarray | None  # the output value each slot holds, when not periodic
+    span: int  # the period of the folded sum
+    out_index: np.ndarray | None  # the output value each slot holds, when not periodic in m_pad
 
 
 @dataclass
@@ -635,32 +636,45 @@ class LatencyPlan:
                      if s <= slots and n_pad * m_pad >= s]
             best_cost = min(self._cost(n_pad * m_pad // s, m_pad, s, level) for s in spans) + periodic
         for j in range(int(math.log2(slots // m_pad)) + 1):
-            group = 1 << j
+            # the products' sum has period `span` after log2(group) folds: the next stage reads it
+            # periodic (span = m_pad), blocked over `span`, or, with no fold, in its cheapest layout
+            span = m_pad << j
+            group = slots // span
             count = -(-taps // group)
             if count > MAX_TAP_CIPHERTEXTS:
                 continue
-            free = group == 1 and blocked_layout is not None
-            cost = (count * multiply + j * rotation + (count - 1) * ENCRYPT_VS_MULTIPLY
-                    + (blocked if free else periodic))
+            layout: _Layout | None = None
+            if group == 1 and blocked_layout is not None:
+                layout, after = blocked_layout, blocked
+            elif span == m_pad or group == 1:
+                after = periodic
+            elif consumer is not None and span >= self.layouts[consumer].period and \
+                    m_pad * self.layouts[consumer].period >= span:
+                m_k = self.layouts[consumer].period
+                layout = _Layout(1, m_pad, m_k, m_pad * m_k // span)
+                after = self._cost(layout.width, m_k, span, self.stage_level(consumer))
+            else:
+                continue
+            folds = math.log2(group)  # each a rotation, and a rotation key as _cost counts them
+            cost = count * multiply + folds * (rotation + ROTATION_VS_MULTIPLY) + (count - 1) * ENCRYPT_VS_MULTIPLY + after
             if cost < best_cost:
-                best, best_cost = (group, count, free), cost
+                best, best_cost = (span, group, count, layout), cost
         if best is None:
             return None
-        group, count, free = best
-        if free:
-            assert blocked_layout is not None
+        span, group, count, layout = best
+        if layout is not None:
             for value in chain:
-                self.layouts[value] = blocked_layout
-            out_index = blocked_layout.index(slots)
+                self.layouts[value] = layout
+            out_index = layout.index(slots)
         else:
             out_index = np.arange(slots) % m_pad
         table = np.full((m_pad, count * group), -1, dtype=np.int64)
         for row, cols in enumerate(columns):
             table[row, : len(cols)] = cols
-        tap = (np.arange(slots) // m_pad) % group
+        tap = (np.arange(slots) // span) % group
         gather = np.stack([table[out_index, c * group + tap] for c in range(count)])
         self.layouts[INPUT] = _Layout(count, slots, gather=gather)
-        return _Taps(i, group, out_index if free else None)
+        return _Taps(i, group, span, out_index if layout is not None else None)
 
     def _plan_taps(self, taps: _Taps) -> None:
         """The first stage in the tap packing: a plaintext product per input ciphertext, summed and folded."""
@@ -672,8 +686,8 @@ class LatencyPlan:
         for c, gather in enumerate(layout.gather):
             held = (gather >= 0) & (rows < matrix.shape[0])
             diagonal = np.where(held, matrix[np.where(held, rows, 0), np.where(held, gather, 0)], 0.0)
-            parts.append(_Part(INPUT, c, 1, [[(0, diagonal)]], m_pad * taps.group))
-        row = self._row(stage, slice(None), m_pad, parts)
+            parts.append(_Part(INPUT, c, 1, [[(0, diagonal)]], taps.span * taps.group))
+        row = self._row(stage, slice(None), taps.span, parts)  # folds from the span up
         row.out_index = taps.out_index
         self.affine[taps.stage] = [row]
 

@@ -94,7 +94,7 @@ def choose(depth: int, *, max_abs_output: float, slots_needed: int, scale_bits: 
         if n // 2 < slots_needed:
             continue
         bound = max_bits_128(n)
-        for scale in ([scale_bits] if scale_bits else [b for b in (40, 36, 33, 30, 28, 26, 25) if b >= min_scale_bits]):
+        for scale in ([scale_bits] if scale_bits else [b for b in (40, 36, 33, 30, 29, 28, 27, 26, 25) if b >= min_scale_bits]):
             first = scale + headroom + 1
             if first > 60:
                 continue  # the output would not fit above this scale
