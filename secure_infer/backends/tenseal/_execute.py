@@ -563,10 +563,7 @@ class LatencyPlan:
         stage, slots = self.compiled.stages[i], self.slots
         assert isinstance(stage, AffineStage)
         m_pad, n_pad = self.layouts[i].period, self.layouts[INPUT].period
-        level = self.stage_level(i)
-        spans = [s for s in (max(n_pad, m_pad) << j for j in range(int(math.log2(slots)) + 1))
-                 if s <= slots and n_pad * m_pad >= s]
-        span = min(spans, key=lambda s: self._cost(n_pad * m_pad // s, m_pad, s, level))
+        span, _ = self._cheapest_span(n_pad, m_pad, self.stage_level(i))
         width = n_pad * m_pad // span
         if span > max(n_pad, m_pad):  # otherwise the blocked packing is the periodic one
             self.layouts[INPUT] = _Layout(1, n_pad, m_pad, width)
@@ -590,13 +587,19 @@ class LatencyPlan:
             break
         return None, chain
 
+    def _cheapest_span(self, n: int, m: int, level: int) -> tuple[int, float]:
+        """The blocked packing's span (``n * m / span`` diagonals, folds up to it) for an ``m``-row stage
+        reading a value of period ``n`` at ``level``, with the fewest costed operations, and that cost."""
+        spans = [s for s in (max(n, m) << j for j in range(int(math.log2(self.slots)) + 1))
+                 if s <= self.slots and n * m >= s]
+        span = min(spans, key=lambda s: self._cost(n * m // s, m, s, level))
+        return span, self._cost(n * m // span, m, span, level)
+
     def _blocked_for(self, k: int, n: int) -> tuple[float, _Layout | None]:
         """The cheapest blocked layout for stage ``k`` to read a value of period ``n``, and its cost."""
-        m, level, slots = self.layouts[k].period, self.stage_level(k), self.slots
-        spans = [s for s in (max(n, m) << j for j in range(int(math.log2(slots)) + 1)) if s <= slots and n * m >= s]
-        span = min(spans, key=lambda s: self._cost(n * m // s, m, s, level))
-        layout = _Layout(1, n, m, n * m // span) if span > max(n, m) else None
-        return self._cost(n * m // span, m, span, level), layout
+        m = self.layouts[k].period
+        span, cost = self._cheapest_span(n, m, self.stage_level(k))
+        return cost, (_Layout(1, n, m, n * m // span) if span > max(n, m) else None)
 
     def _choose_taps(self, i: int) -> _Taps | None:
         """The tap packing for the first stage, when the cost model prefers it to the blocked one.
@@ -631,10 +634,7 @@ class LatencyPlan:
             blocked, blocked_layout = self._blocked_for(consumer, m_pad)
         best, best_cost = None, math.inf
         if self.layouts[INPUT].chunks == 1:  # the blocked (or periodic) packing of _plan_first
-            n_pad = self.layouts[INPUT].period
-            spans = [s for s in (max(n_pad, m_pad) << j for j in range(int(math.log2(slots)) + 1))
-                     if s <= slots and n_pad * m_pad >= s]
-            best_cost = min(self._cost(n_pad * m_pad // s, m_pad, s, level) for s in spans) + periodic
+            best_cost = self._cheapest_span(self.layouts[INPUT].period, m_pad, level)[1] + periodic
         for j in range(int(math.log2(slots // m_pad)) + 1):
             # the products' sum has period `span` after log2(group) folds: the next stage reads it
             # periodic (span = m_pad), blocked over `span`, or, with no fold, in its cheapest layout
