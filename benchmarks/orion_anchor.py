@@ -116,23 +116,31 @@ class Square(nn.Module):
         return x * x
 
 
-class TutorialNet(nn.Module):
-    """TenSEAL tutorial ConvNet: conv(1->4, k7, s3) -> x^2 -> fc(256->64) -> x^2 -> fc(64->10)."""
+def _tutorial(base, conv, square, flatten, linear):
+    """The tutorial ConvNet's class on ``base`` with these layer types (torch's, or orion.nn's)."""
 
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, kernel_size=7, stride=3, padding=0)
-        self.act1 = Square()
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(256, 64)
-        self.act2 = Square()
-        self.fc2 = nn.Linear(64, 10)
+    class Tutorial(base):
+        """TenSEAL tutorial ConvNet: conv(1->4, k7, s3) -> x^2 -> fc(256->64) -> x^2 -> fc(64->10)."""
 
-    def forward(self, x):
-        x = self.act1(self.conv1(x))
-        x = self.flatten(x)
-        x = self.act2(self.fc1(x))
-        return self.fc2(x)
+        def __init__(self):
+            super().__init__()
+            self.conv1 = conv(1, 4, kernel_size=7, stride=3, padding=0)
+            self.act1 = square()
+            self.flatten = flatten()
+            self.fc1 = linear(256, 64)
+            self.act2 = square()
+            self.fc2 = linear(64, 10)
+
+        def forward(self, x):
+            x = self.act1(self.conv1(x))
+            x = self.flatten(x)
+            x = self.act2(self.fc1(x))
+            return self.fc2(x)
+
+    return Tutorial
+
+
+TutorialNet = _tutorial(nn.Module, nn.Conv2d, Square, nn.Flatten, nn.Linear)
 
 
 class LoLANet(nn.Module):
@@ -219,25 +227,8 @@ def _stub_torchvision_if_broken():
 def _orion_net(name: str):
     import orion.nn as on
 
-    if name == "tutorial":
-
-        class OrionTutorial(on.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv1 = on.Conv2d(1, 4, kernel_size=7, stride=3, padding=0)
-                self.act1 = on.Quad()
-                self.flatten = on.Flatten()
-                self.fc1 = on.Linear(256, 64)
-                self.act2 = on.Quad()
-                self.fc2 = on.Linear(64, 10)
-
-            def forward(self, x):
-                x = self.act1(self.conv1(x))
-                x = self.flatten(x)
-                x = self.act2(self.fc1(x))
-                return self.fc2(x)
-
-        return OrionTutorial()
+    if name == "tutorial":  # same attribute names as TutorialNet, so its weights load as they are
+        return _tutorial(on.Module, on.Conv2d, on.Quad, on.Flatten, on.Linear)()
     from orion.models import LoLA
 
     return LoLA()
