@@ -45,16 +45,20 @@ class BlockStore:
 
     Each block is written to a temporary name and renamed, then the manifest
     is rewritten the same way, so a job killed at any point leaves only whole
-    blocks that the manifest lists.
+    blocks that the manifest lists. ``folder=None`` keeps the blocks in memory
+    (a job that need not survive its process): one code path either way.
     """
 
-    def __init__(self, folder: str | Path, job: str, blocks: list[range], *, fresh: bool = False) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path | None, job: str, blocks: list[range], *, fresh: bool = False) -> None:
+        self.folder = Path(folder) if folder is not None else None
         self.job = job
         self.blocks = blocks
+        self.done: dict[int, str] = {}
+        self._memory: dict[int, np.ndarray] = {}  # folder None: blocks kept here, nothing written
+        if self.folder is None:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / MANIFEST
-        self.done: dict[int, str] = {}
         if path.exists() and not fresh:
             try:
                 manifest = json.loads(path.read_text())
@@ -73,6 +77,10 @@ class BlockStore:
 
     def save(self, index: int, outputs: np.ndarray, **info: Any) -> None:
         name = f"block-{index:05d}.npy"
+        if self.folder is None:
+            self._memory[index] = outputs
+            self.done[index] = name
+            return
         tmp = self.folder / f".{name}.tmp"
         with open(tmp, "wb") as fh:
             np.save(fh, outputs)
@@ -84,9 +92,13 @@ class BlockStore:
         missing = [i for i in range(len(self.blocks)) if i not in self.done]
         if missing:
             raise ParameterError(f"blocks {missing[:5]} are not finished yet")
+        if self.folder is None:
+            return np.concatenate([self._memory[i] for i in range(len(self.blocks))])
         return np.concatenate([np.load(self.folder / self.done[i]) for i in range(len(self.blocks))])
 
     def _write_manifest(self) -> None:
+        if self.folder is None:
+            return
         manifest = {"job": self.job, "blocks": [[r.start, r.stop] for r in self.blocks],
                     "done": {str(k): v for k, v in sorted(self.done.items())}}
         tmp = self.folder / f".{MANIFEST}.tmp"
@@ -107,8 +119,9 @@ class ScoreResult:
     retried: int = 0  # blocks that ran more than once (a lost worker)
     encrypt_s: float = 0.0
     decrypt_s: float = 0.0
-    bytes_in: int = 0
-    bytes_out: int = 0
+    bytes_in: int = 0  # HE: input ciphertexts sent to the workers; MPC: bytes all parties sent (shares)
+    bytes_out: int = 0  # HE: output ciphertexts sent back; MPC: 0
+    traffic: str = "ciphertext"  # what bytes_in counts: "ciphertext" (HE) or "share" (MPC)
 
     @property
     def throughput(self) -> float:
@@ -121,7 +134,12 @@ class ScoreResult:
                 "seconds": round(self.seconds, 3), "inputs_per_s": round(self.throughput, 1),
                 "blocks_per_node": dict(self.per_node), "retried_blocks": self.retried,
                 "encrypt_s": round(self.encrypt_s, 3), "decrypt_s": round(self.decrypt_s, 3),
-                "ciphertext_bytes_in": self.bytes_in, "ciphertext_bytes_out": self.bytes_out}
+                **self._traffic()}
+
+    def _traffic(self) -> dict[str, int]:
+        if self.traffic == "share":
+            return {"party_bytes_sent": self.bytes_in}
+        return {"ciphertext_bytes_in": self.bytes_in, "ciphertext_bytes_out": self.bytes_out}
 
 
 def score(enc: EncryptedModel, x: torch.Tensor, engine: Engine, *, out: str | Path | None = None,
@@ -143,17 +161,13 @@ def score(enc: EncryptedModel, x: torch.Tensor, engine: Engine, *, out: str | Pa
     slots = int(program.params.slots)  # type: ignore[attr-defined]
     blocks = split(len(x), slots)
     job = fingerprint(enc, x, slots)
-    store = BlockStore(out, job, blocks, fresh=fresh) if out is not None else None
-    pending = store.pending() if store is not None else list(enumerate(blocks))
-    parts: dict[int, np.ndarray] = {}
+    store = BlockStore(out, job, blocks, fresh=fresh)
+    pending = store.pending()
     result = ScoreResult(torch.empty(0), 0.0, 0, len(blocks), len(blocks) - len(pending))
     nodes: Counter[str] = Counter()
     started = time.perf_counter()
     for block in stream(x, engine, blocks=pending):
-        if store is not None:
-            store.save(block.index, block.outputs)
-        else:
-            parts[block.index] = block.outputs
+        store.save(block.index, block.outputs)
         nodes[block.node] += 1
         result.inputs += len(block.rows)
         result.retried += block.attempts > 1
@@ -165,7 +179,7 @@ def score(enc: EncryptedModel, x: torch.Tensor, engine: Engine, *, out: str | Pa
             on_block(len(block.rows), 1)
     result.seconds = time.perf_counter() - started
     result.per_node = dict(nodes)
-    y = store.load() if store is not None else np.concatenate([parts[i] for i in range(len(blocks))])
+    y = store.load()
     core = enc.graph.output
     outputs = torch.from_numpy(y).float().reshape(len(y), *core.feature_shape)
     result.outputs = outputs.movedim(0, core.batch_dim) if core.batch_dim else outputs

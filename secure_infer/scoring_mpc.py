@@ -166,16 +166,15 @@ def score_mpc(enc: EncryptedModel, x: torch.Tensor, *, address: str = "local", b
         raise EngineError(f"no node of the cluster runs {', '.join(missing)}: start each party's host with "
                           f"`ray start ... --resources '{{\"{missing[0]}\": 8}}'`")
     blocks = split(len(x), block)
-    store = BlockStore(out, fingerprint(enc, x, block), blocks, fresh=fresh) if out is not None else None
-    pending = store.pending() if store is not None else list(enumerate(blocks))
-    result = ScoreResult(torch.empty(0), 0.0, 0, len(blocks), len(blocks) - len(pending))
+    store = BlockStore(out, fingerprint(enc, x, block), blocks, fresh=fresh)
+    pending = store.pending()
+    result = ScoreResult(torch.empty(0), 0.0, 0, len(blocks), len(blocks) - len(pending), traffic="share")
     graph = getattr(enc.program, "graph", enc.graph)  # what the backend compiled (conversions applied)
     precision = int(getattr(enc.program, "precision_bits", 16))
     graphs = {rank: graph if rank == 0 else weightless(graph) for rank in range(parties)}
     graph_refs = {rank: ray.put(g) for rank, g in graphs.items()}
     groups = [placement_group([{"CPU": 1, PARTY_RESOURCE.format(r): 1} for r in range(parties)], strategy="SPREAD")
               for _ in range(lanes)]
-    parts: dict[int, np.ndarray] = {}
     placements: list[MPCBlock] = []
     nodes: Counter[str] = Counter()
     started = time.perf_counter()
@@ -232,10 +231,7 @@ def score_mpc(enc: EncryptedModel, x: torch.Tensor, *, address: str = "local", b
             placements.append(placed)
             for node in placed.nodes.values():
                 nodes[node] += 1
-            if store is not None:
-                store.save(index, y)
-            else:
-                parts[index] = y
+            store.save(index, y)
             result.inputs += len(rows)
             result.retried += attempts > 1
             result.bytes_in += placed.bytes
@@ -246,6 +242,6 @@ def score_mpc(enc: EncryptedModel, x: torch.Tensor, *, address: str = "local", b
             remove_placement_group(g)
     result.seconds = time.perf_counter() - started
     result.per_node = dict(nodes)
-    y_all = store.load() if store is not None else np.concatenate([parts[i] for i in range(len(blocks))])
+    y_all = store.load()
     result.outputs = torch.from_numpy(np.asarray(y_all)).float()
     return result, sorted(placements, key=lambda p: p.index)

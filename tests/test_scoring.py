@@ -15,7 +15,7 @@ import secure_infer as si
 from secure_infer import zoo
 from secure_infer.backends.tenseal._seal import to_bytes
 from secure_infer.engine import LocalEngine, audit_outgoing
-from secure_infer.scoring import MANIFEST, score
+from secure_infer.scoring import MANIFEST, BlockStore, ScoreResult, score
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,23 @@ def test_score_on_local_ray_matches_plaintext(wrapped) -> None:
     with torch.no_grad():
         assert float((result.outputs - model(x)).abs().max()) < 1e-2
     assert sum(result.per_node.values()) == 2
+
+
+def test_block_store_without_a_folder_keeps_blocks_in_memory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = BlockStore(None, "job", [range(0, 2), range(2, 3)])
+    assert store.pending() == [(0, range(0, 2)), (1, range(2, 3))]
+    store.save(1, np.array([[3.0]]))
+    with pytest.raises(si.SecureInferError, match=r"blocks \[0\]"):
+        store.load()
+    store.save(0, np.array([[1.0], [2.0]]))
+    assert store.pending() == []
+    np.testing.assert_array_equal(store.load(), [[1.0], [2.0], [3.0]])
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_score_summary_names_what_its_bytes_count() -> None:
+    he = ScoreResult(torch.empty(0), 1.0, 4, 1, 0, bytes_in=10, bytes_out=2).summary()
+    mpc = ScoreResult(torch.empty(0), 1.0, 4, 1, 0, bytes_in=10, traffic="share").summary()
+    assert he["ciphertext_bytes_in"] == 10 and he["ciphertext_bytes_out"] == 2
+    assert mpc["party_bytes_sent"] == 10 and not any(k.startswith("ciphertext") for k in mpc)
