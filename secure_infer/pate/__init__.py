@@ -3,13 +3,14 @@
 Teachers train on disjoint shares of the private data; a student learns from
 public inputs labelled by the teachers' noisy vote (GNMax, or Confident-GNMax
 which answers only when the teachers agree); the data-dependent RDP analysis
-turns the answers into (epsilon, delta). The vote can be counted by CrypTen
+turns the answers into (epsilon, delta), published through smooth-sensitivity
+noise (:mod:`secure_infer.pate.smooth`). The vote can be counted by CrypTen
 silo parties (:mod:`secure_infer.pate.mpc`) so that no party sees the votes
 or the noise. ``secure-infer pate`` runs the comparison
 (:mod:`secure_infer.pate.experiment`).
 """
 
-from secure_infer.pate import analysis
+from secure_infer.pate import analysis, smooth
 from secure_infer.pate.aggregation import (
     Aggregator,
     NoiseShares,
@@ -29,6 +30,7 @@ __all__ = [
     "analysis",
     "noise_shares",
     "noisy_labels",
+    "smooth",
     "train_student",
     "train_teachers",
     "vote_histograms",

@@ -33,11 +33,11 @@ example to a teacher by a keyed hash of its content, so adding or removing
 one changes one teacher's share and nothing else.
 
 What the numbers mean: the data-dependent epsilon is a function of the
-private votes, as in the paper's tables. The paper additionally releases it
-through smooth-sensitivity noise; that step is not implemented here, so a
-published data-dependent epsilon is itself a (small) disclosure. The
-data-independent epsilon (:attr:`PrivacyCost.epsilon_data_independent`)
-needs no such step and is reported beside it. As in the paper, a query the
+private votes, as in the paper's tables, so publishing it as is discloses a
+little about them. :func:`secure_infer.pate.smooth.release` publishes it as
+the paper does, through smooth-sensitivity noise. The data-independent
+epsilon (:attr:`PrivacyCost.epsilon_data_independent`) needs no such step
+and is reported beside it. As in the paper, a query the
 threshold declined is charged for the check only. The noise shares are
 rounded to CrypTen's 2^-16 grid; the analysis treats the noise as the
 Gaussian it is to within that rounding.
@@ -70,6 +70,7 @@ __all__ = [
     "rdp_threshold",
     "rdp_threshold_data_independent",
     "released",
+    "spent",
 ]
 
 
@@ -267,9 +268,9 @@ def epsilon(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, de
         raise ParameterError(f"delta must be in (0, 1), got {delta}")
     alphas = _orders(orders)
     dependent, independent, silo = _composed(votes, labels, aggregator, parties, colluders, alphas)
-    eps, order = _spent(alphas, dependent.sum(axis=0), delta)
-    eps_di, _ = _spent(alphas, independent.sum(axis=0), delta)
-    eps_silo = None if silo is None else _spent(alphas, silo.sum(axis=0), delta)[0]
+    eps, order = spent(alphas, dependent.sum(axis=0), delta)
+    eps_di, _ = spent(alphas, independent.sum(axis=0), delta)
+    eps_silo = None if silo is None else spent(alphas, silo.sum(axis=0), delta)[0]
     labels = np.asarray(labels)
     return PrivacyCost(float(eps), float(eps_di), delta, float(order), len(labels), int((labels >= 0).sum()),
                        eps_silo)
@@ -281,10 +282,10 @@ def cumulative_epsilon(votes: np.ndarray, labels: np.ndarray, aggregator: Aggreg
     alphas = _orders(orders)
     dependent, _, _ = _composed(votes, labels, aggregator, parties, colluders, alphas)
     running = np.cumsum(dependent, axis=0)
-    return np.array([_spent(alphas, r, delta)[0] for r in running])
+    return np.array([spent(alphas, r, delta)[0] for r in running])
 
 
-def _spent(alphas: np.ndarray, rdp: np.ndarray, delta: float) -> tuple[float, float]:
+def spent(alphas: np.ndarray, rdp: np.ndarray, delta: float) -> tuple[float, float]:
     """Opacus' RDP to (epsilon, delta) conversion, minimised over ``alphas``.
 
     When the cost is tiny the best order is the largest one searched; the
