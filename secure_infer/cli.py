@@ -392,14 +392,16 @@ def pate(
         report = experiment.run_pate(plan, data, on_step=_step_counter(progress, task))
         progress.complete(task, description="pate")
     table = TextTable("PATE student vs non-private")
-    for name in ("model", "answered", "epsilon", "accuracy"):
+    for name in ("model", "answered", "epsilon", "epsilon published", "accuracy"):
         table.add_column(name)
-    table.add_row("non-private", "-", "-", f"{report['nonprivate_accuracy']:.4f}")
+    table.add_row("non-private", "-", "-", "-", f"{report['nonprivate_accuracy']:.4f}")
     for r in report["rows"]:
-        table.add_row(r["aggregator"], str(r["answered"]), f"{r['epsilon']:.2f}", f"{r['accuracy']:.4f}")
+        table.add_row(r["aggregator"], str(r["answered"]), f"{r['epsilon']:.2f}",
+                      f"{r['epsilon_published']:.2f} ± {r['epsilon_published_std']:.2f}", f"{r['accuracy']:.4f}")
     for r in report["dp_sgd"][1:]:
         if "error" not in r:
-            table.add_row(f"DP-SGD (target {r['target_epsilon']:g})", "-", f"{r['epsilon']:.2f}", f"{r['accuracy']:.4f}")
+            table.add_row(f"DP-SGD (target {r['target_epsilon']:g})", "-", f"{r['epsilon']:.2f}", f"{r['epsilon']:.2f}",
+                          f"{r['accuracy']:.4f}")
     printer.table(table)
     written = experiment.write_report(report, out)
     printer.line(f"wrote {', '.join(p.name for p in written)} in {out}")

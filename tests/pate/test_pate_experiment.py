@@ -39,6 +39,9 @@ def test_every_part_is_measured(run):
         assert 0 < row["epsilon"] <= row["epsilon_data_independent"]
         # the labels are post-processing of a silo's view: never worse for the student than for a silo
         assert row["epsilon"] <= row["epsilon_silo"] + 1e-9
+        # the published figure pays for its own release: above the unpublishable one on average
+        assert row["epsilon_published_std"] >= 0 and row["smooth_sensitivity"] >= 0
+        assert row["epsilon_published"] + 3 * row["epsilon_published_std"] > row["epsilon"]
         assert 0.0 <= row["accuracy"] <= 1.0
     # the student learned something from the noisy answers
     assert confident["accuracy"] > 0.5
@@ -97,6 +100,7 @@ def test_report_files(run):
     text = paths[1].read_text()
     for heading in ("## Student", "## The vote counted under MPC", "## DP-SGD", "## Membership inference"):
         assert heading in text
+    assert "published (smooth sensitivity)" in text
     assert paths[2].stat().st_size > 1000
 
 
