@@ -397,7 +397,7 @@ def pate(
     table.add_row("non-private", "-", "-", "-", f"{report['nonprivate_accuracy']:.4f}")
     for r in report["rows"]:
         table.add_row(r["aggregator"], str(r["answered"]), f"{r['epsilon']:.2f}",
-                      f"{r['epsilon_published']:.2f} ± {r['epsilon_published_std']:.2f}", f"{r['accuracy']:.4f}")
+                      f"{r['epsilon_published']:.2f}", f"{r['accuracy']:.4f}")
     for r in report["dp_sgd"][1:]:
         if "error" not in r:
             table.add_row(f"DP-SGD (target {r['target_epsilon']:g})", "-", f"{r['epsilon']:.2f}", f"{r['epsilon']:.2f}",

@@ -4,9 +4,9 @@ What: the data-dependent epsilon of :func:`secure_infer.pate.analysis.epsilon`
 is computed from the private votes, so publishing it as is discloses a little
 about them. :func:`release` publishes it the way the paper does: at one Renyi
 order ``lambda`` the data-dependent RDP ``f(D)`` (a sum over queries) is
-released as ``f(D) + SS(D) * sigma * Z`` with ``Z ~ N(0, 1)``, where ``SS`` is a
-beta-smooth upper bound on ``f``'s local sensitivity (Nissim, Raskhodnikova
-and Smith 2007). That release is itself (lambda, eps_ss)-RDP (Theorem 23 of
+released as ``f(D) + SS(D) * sigma * Z`` with ``Z ~ N(0, 1)``, where ``sigma`` is
+fixed in advance and ``SS`` is a beta-smooth upper bound on ``f``'s local
+sensitivity (Nissim, Raskhodnikova and Smith 2007). That release is itself (lambda, eps_ss)-RDP (Theorem 23 of
 the paper), and the figure published is the noisy RDP plus that cost,
 converted to (epsilon, delta).
 
@@ -37,11 +37,15 @@ Bounds at distance ``d`` never exceed those of a neighbouring data set at
 against the exact local sensitivity of every histogram within reach, for
 small ensembles.
 
-What is data-dependent besides ``f``: the order and ``beta`` are chosen to
-minimise the published figure plus two standard deviations of its noise, as
-in the paper's code; that choice reads the votes and is not accounted (the
-paper does the same). The monotone ``H`` may exceed Theorem 6's bound where
-that bound is not monotone, which only raises the figure.
+What must not depend on the votes: the order, ``beta`` and ``sigma``
+(:class:`SmoothParams`). Theorem 23 holds for a ``sigma`` fixed in advance;
+chosen on the votes to be published (as the paper's tuning code does, which
+says its results cannot be released), the noise scale itself would disclose
+them. So they are an input, and :func:`suggest` sizes them from a smooth
+sensitivity measured elsewhere. Only ``epsilon`` is published; the smooth
+sensitivity and the noise's deviation are diagnostics. The monotone ``H``
+may exceed Theorem 6's bound where that bound is not monotone, which only
+raises the figure.
 """
 
 from __future__ import annotations
@@ -57,39 +61,69 @@ from secure_infer._errors import ParameterError
 from secure_infer.pate import analysis
 from secure_infer.pate.aggregation import Aggregator
 
-__all__ = ["SmoothRelease", "local_sensitivity", "rdp_gnss", "release"]
+__all__ = ["SmoothParams", "SmoothRelease", "epsilon_with_release", "local_sensitivity", "rdp_gnss", "release",
+           "smooth_sensitivity", "suggest"]
 
 _STEP = 0.005  # grid step in the equal-gap coordinate z = gap / (sqrt(2) sigma)
-_BETAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.49)  # beta * order candidates (Theorem 23 needs beta * order < 1/2)
-_ORDERS_AROUND = 6  # orders tried on each side of the data-dependent optimum
+
+
+@dataclass(frozen=True)
+class SmoothParams:
+    """How the release adds noise, fixed before the votes are seen (Theorem 23 needs them fixed).
+
+    Attributes:
+        order: the Renyi order the data-dependent RDP is released at.
+        beta: the smoothness of the sensitivity bound; ``2 * order * beta < 1``.
+        sigma: the noise is ``sigma`` times the smooth sensitivity.
+
+    The trade-off: a larger ``sigma`` costs less privacy (``order e^(2 beta) / sigma^2``)
+    but adds more noise to the published figure. Choosing them on the votes
+    to be published would itself disclose the votes; choose them from other
+    data or a previous run (:func:`suggest` gives the best ones for a given
+    smooth sensitivity).
+    """
+
+    order: float
+    beta: float
+    sigma: float
+
+    def __post_init__(self) -> None:
+        if not (self.order > 1 and self.beta >= 0 and 2 * self.order * self.beta < 1 and self.sigma > 0):
+            raise ParameterError(f"smooth-sensitivity parameters need order > 1, beta >= 0, 2 * order * beta < 1 and "
+                                 f"sigma > 0 (Theorem 23); got order {self.order}, beta {self.beta}, "
+                                 f"sigma {self.sigma}")
 
 
 @dataclass(frozen=True)
 class SmoothRelease:
     """A data-dependent epsilon published through smooth-sensitivity noise.
 
+    Publishable: ``epsilon``, ``params``, ``delta``, ``release_rdp`` (none of
+    them reads the votes except through ``epsilon``'s noise). The rest are
+    diagnostics computed from the votes, for experiments; publishing them
+    would disclose the votes.
+
     Attributes:
-        epsilon: the published figure: a noisy draw of ``epsilon_expected``.
-        epsilon_expected: its mean: the data-dependent RDP plus the release's own cost, at ``order``.
-        noise_std: the standard deviation of ``epsilon``; the true cost exceeds
-            ``epsilon + 2 * noise_std`` with probability about 2.3%.
-        epsilon_unreleased: the data-dependent epsilon at ``order`` before the release (not for publication).
-        order: the Renyi order everything is stated at.
-        beta: the smoothness parameter.
-        smooth_sensitivity: ``SS(D)``, in RDP units at ``order``.
-        sigma: the noise multiplier applied to ``smooth_sensitivity``.
+        epsilon: the published figure: the data-dependent RDP at ``params.order``
+            plus noise plus the release's own cost, as (epsilon, delta).
+        params: the noise settings.
         delta: the delta every epsilon is stated at.
+        release_rdp: what publishing ``epsilon`` costs, in RDP at ``params.order``
+            (data-independent; everyone's cost, a curious silo's included, grows by it).
+        epsilon_expected: diagnostic: the figure's mean.
+        noise_std: diagnostic: the standard deviation of the figure's noise.
+        epsilon_unreleased: diagnostic: the data-dependent epsilon at ``params.order`` before the release.
+        smooth_sensitivity: diagnostic: ``SS(D)``, in RDP units at ``params.order``.
     """
 
     epsilon: float
+    params: SmoothParams
+    delta: float
+    release_rdp: float
     epsilon_expected: float
     noise_std: float
     epsilon_unreleased: float
-    order: float
-    beta: float
     smooth_sensitivity: float
-    sigma: float
-    delta: float
 
 
 def rdp_gnss(beta: float, sigma: float, order: float) -> float:
@@ -234,48 +268,70 @@ def local_sensitivity(votes: np.ndarray, labels: np.ndarray, aggregator: Aggrega
     return _bounds(votes, labels, aggregator, alphas)[1]
 
 
-def _smooth(bound: np.ndarray, beta: float) -> float:
+def smooth_sensitivity(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, order: float,
+                       beta: float) -> float:
+    """``SS(D) = max_d exp(-beta d) U(D, d)`` at one order: a beta-smooth bound on the local sensitivity."""
+    bound = _bounds(votes, labels, aggregator, np.array([float(order)]))[1][:, 0]
     return float(np.max(np.exp(-beta * np.arange(len(bound))) * bound))
 
 
-def release(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, delta: float = 1e-5,
-            parties: int = 1, colluders: int = 0, rng: np.random.Generator | None = None) -> SmoothRelease:
+def suggest(order: float, smooth_sensitivity: float, beta: float | None = None) -> SmoothParams:
+    """The sigma (and, by default, beta = 0.4 / order) minimising the release cost plus two noise deviations.
+
+    Give it a smooth sensitivity measured on other data (a previous run, a
+    public proxy): computed on the votes to be published, the choice would
+    depend on them.
+    """
+    beta = 0.4 / order if beta is None else beta
+    if smooth_sensitivity <= 0:
+        raise ParameterError(f"smooth_sensitivity must be > 0 to size the noise, got {smooth_sensitivity}")
+    # minimises order e^(2 beta) / sigma^2 + 2 SS sigma
+    return SmoothParams(order, beta, (order * math.exp(2 * beta) / smooth_sensitivity) ** (1 / 3))
+
+
+def release(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, params: SmoothParams, *,
+            delta: float = 1e-5, parties: int = 1, colluders: int = 0,
+            rng: np.random.Generator | None = None) -> SmoothRelease:
     """Publish the data-dependent epsilon of these released labels through smooth-sensitivity noise.
 
-    ``parties``/``colluders`` as for :func:`analysis.epsilon`. ``rng`` draws the
-    release noise; leave it None (fresh OS entropy) for a real release, so that
-    nobody can subtract it; a seeded generator is for reproducible experiments.
+    ``params`` must be fixed without looking at these votes (see
+    :class:`SmoothParams`). ``parties``/``colluders`` as for
+    :func:`analysis.epsilon`. ``rng`` draws the noise; leave it None (fresh OS
+    entropy) for a real release, so that nobody can subtract it; a seeded
+    generator is for reproducible experiments. Computing the release reads
+    the vote histograms: in the cross-silo setting it is for whoever may see
+    them (running it under MPC is not implemented).
     """
     if not 0 < delta < 1:
         raise ParameterError(f"delta must be in (0, 1), got {delta}")
     seen = analysis.released(aggregator, parties=parties, colluders=colluders)
-    alphas = analysis.ORDERS
-    best = analysis.epsilon(votes, labels, aggregator, delta=delta, parties=parties, colluders=colluders)
-    centre = int(np.argmin(np.abs(alphas - best.order)))
-    window = alphas[max(centre - _ORDERS_AROUND, 0) : centre + _ORDERS_AROUND + 1]
-    costs, bound = _bounds(votes, labels, seen, window)
+    order = np.array([float(params.order)])
+    costs, bound = _bounds(votes, labels, seen, order)
     if parties > 1:  # as analysis.epsilon: no query costs more than a curious silo's data-independent bound
-        costs = np.minimum(costs, analysis.query_costs(votes, labels, aggregator, window)[1])
-    dependent = costs.sum(axis=0)
-    choice: tuple[float, ...] | None = None
-    for column, order_ in enumerate(window):
-        order, f = float(order_), float(dependent[column])
-        for c in _BETAS:
-            beta = c / order
-            ss = _smooth(bound[:, column], beta)
-            sigma = math.inf if ss == 0 else (order * math.exp(2 * beta) / ss) ** (1 / 3)
-            mean = f + rdp_gnss(beta, sigma, order)
-            std = 0.0 if ss == 0 else ss * sigma
-            score = _epsilon_at(order, mean + 2 * std, delta)
-            if choice is None or score < choice[0]:
-                choice = (score, order, beta, ss, sigma, mean, std, f)
-    assert choice is not None
-    _, order, beta, ss, sigma, mean, std, f = choice
-    draw = (rng if rng is not None else np.random.default_rng()).standard_normal()
-    return SmoothRelease(epsilon=_epsilon_at(order, mean + std * float(draw), delta),
-                         epsilon_expected=_epsilon_at(order, mean, delta), noise_std=std,
-                         epsilon_unreleased=_epsilon_at(order, f, delta), order=order, beta=beta,
-                         smooth_sensitivity=ss, sigma=sigma, delta=delta)
+        costs = np.minimum(costs, analysis.query_costs(votes, labels, aggregator, order)[1])
+    f = float(costs.sum())
+    ss = float(np.max(np.exp(-params.beta * np.arange(len(bound))) * bound[:, 0]))
+    cost = rdp_gnss(params.beta, params.sigma, params.order)
+    std = ss * params.sigma
+    draw = float((rng if rng is not None else np.random.default_rng()).standard_normal())
+    return SmoothRelease(epsilon=_epsilon_at(params.order, f + cost + std * draw, delta), params=params,
+                         delta=delta, release_rdp=cost, epsilon_expected=_epsilon_at(params.order, f + cost, delta),
+                         noise_std=std, epsilon_unreleased=_epsilon_at(params.order, f, delta), smooth_sensitivity=ss)
+
+
+def epsilon_with_release(rdp: np.ndarray, orders: np.ndarray, params: SmoothParams, delta: float) -> float:
+    """Epsilon of a mechanism with RDP ``rdp`` at ``orders`` once the release is published too (composition).
+
+    Theorem 23 holds at every order below ``1 / (2 beta)``, so the two add order
+    by order there (a curious silo's guarantee, for example).
+    """
+    alphas = np.asarray(orders, dtype=np.float64)
+    keep = (alphas > 1) & (2 * alphas * params.beta < 1)
+    if not keep.any():
+        raise ParameterError(f"no order below 1 / (2 beta) = {1 / (2 * params.beta):g} to compose at")
+    total = np.asarray(rdp, dtype=np.float64)[keep] + np.array([rdp_gnss(params.beta, params.sigma, a)
+                                                                 for a in alphas[keep]])
+    return analysis.spent(alphas[keep], total, delta)[0]
 
 
 def _epsilon_at(order: float, rdp: float, delta: float) -> float:

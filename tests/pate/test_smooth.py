@@ -91,37 +91,45 @@ def test_release_of_a_confident_ensemble_beats_the_data_independent_bound():
     labels = np.zeros(100, dtype=int)
     strong = np.tile(np.array([[240.0, 4, 3, 2, 1, 0, 0, 0, 0, 0]]), (100, 1))
     weaker = np.tile(np.array([[205.0, 30, 10, 5, 0, 0, 0, 0, 0, 0]]), (100, 1))
+    # sized from a previous run's votes, not from the votes released
+    earlier = np.tile(np.array([[235.0, 8, 4, 2, 1, 0, 0, 0, 0, 0]]), (100, 1))
+    params = smooth.suggest(20.0, smooth.smooth_sensitivity(earlier, labels, aggregator, order=20.0, beta=0.02))
     before = analysis.epsilon(strong, labels, aggregator)
-    out = smooth.release(strong, labels, aggregator, rng=np.random.default_rng(0))
-    assert before.epsilon <= out.epsilon_expected
-    assert out.epsilon_unreleased <= out.epsilon_expected
+    out = smooth.release(strong, labels, aggregator, params, rng=np.random.default_rng(0))
+    assert out.epsilon_unreleased < out.epsilon_expected < before.epsilon_data_independent
     assert out.epsilon_expected + 2 * out.noise_std < before.epsilon_data_independent
-    assert 2 * out.order * out.beta < 1
-    less_sure = smooth.release(weaker, labels, aggregator, rng=np.random.default_rng(0))
+    less_sure = smooth.release(weaker, labels, aggregator, params, rng=np.random.default_rng(0))
     assert less_sure.smooth_sensitivity > out.smooth_sensitivity
     assert less_sure.epsilon_expected > out.epsilon_expected
 
 
-def test_release_of_a_split_ensemble_pays_for_its_sensitivity():
+def test_published_figure_is_the_expected_one_plus_gaussian_noise():
     rng = np.random.default_rng(2)
-    votes = np.array([rng.multinomial(30, [0.6, 0.3, 0.1]) for _ in range(80)], dtype=np.float64)
+    votes = np.array([rng.multinomial(30, [0.6, 0.3, 0.1]) for _ in range(40)], dtype=np.float64)
     aggregator = Aggregator(sigma=2.0)
     labels = votes.argmax(1)
-    out = smooth.release(votes, labels, aggregator, rng=np.random.default_rng(0))
-    assert out.smooth_sensitivity > 0 and out.noise_std > 0
-    assert out.epsilon_expected > out.epsilon_unreleased
+    params = smooth.SmoothParams(order=6.0, beta=0.05, sigma=3.0)
+    draws = [smooth.release(votes, labels, aggregator, params, rng=np.random.default_rng(seed)) for seed in range(60)]
+    first = draws[0]
+    assert first.smooth_sensitivity > 0
+    assert first.noise_std == pytest.approx(3.0 * first.smooth_sensitivity)
+    assert first.release_rdp == pytest.approx(smooth.rdp_gnss(0.05, 3.0, 6.0))
+    assert first.epsilon_expected > first.epsilon_unreleased
+    z = np.array([(d.epsilon - d.epsilon_expected) / d.noise_std for d in draws])
+    assert abs(z.mean()) < 0.5 and 0.6 < z.std() < 1.5  # standard normal, 60 draws
+    # the same seed gives the same figure; no seed gives fresh noise
+    assert smooth.release(votes, labels, aggregator, params, rng=np.random.default_rng(0)) == first
+    assert len({smooth.release(votes, labels, aggregator, params).epsilon for _ in range(3)}) == 3
 
 
-def test_release_is_reproducible_with_a_seed_and_noisy_without():
-    rng = np.random.default_rng(3)
-    votes = np.array([rng.multinomial(20, [0.7, 0.2, 0.1]) for _ in range(30)], dtype=np.float64)
-    aggregator = Aggregator(sigma=2.5)
-    labels = votes.argmax(1)
-    a = smooth.release(votes, labels, aggregator, rng=np.random.default_rng(7))
-    b = smooth.release(votes, labels, aggregator, rng=np.random.default_rng(7))
-    assert a == b
-    draws = {smooth.release(votes, labels, aggregator).epsilon for _ in range(3)}
-    assert len(draws) == 3
+def test_a_silo_pays_for_the_published_figure_too():
+    params = smooth.SmoothParams(order=8.0, beta=0.05, sigma=2.0)
+    rdp = analysis.ORDERS / 10.0**2  # a Gaussian mechanism
+    without = analysis.spent(analysis.ORDERS, rdp, 1e-5)[0]
+    with_release = smooth.epsilon_with_release(rdp, analysis.ORDERS, params, 1e-5)
+    assert with_release > without
+    assert with_release <= analysis.spent(np.array([8.0]), np.array([8.0 / 100 + smooth.rdp_gnss(0.05, 2.0, 8.0)]),
+                                          1e-5)[0] + 1e-12
 
 
 def test_gnss_cost_and_bad_input():
@@ -130,7 +138,12 @@ def test_gnss_cost_and_bad_input():
     assert smooth.rdp_gnss(0.05, 3.0, 4.0) > smooth.rdp_gnss(0.05, 6.0, 4.0)
     with pytest.raises(ParameterError, match="1 / \\(2 order\\)"):
         smooth.rdp_gnss(0.2, 3.0, 4.0)
+    with pytest.raises(ParameterError, match="2 \\* order \\* beta < 1"):
+        smooth.SmoothParams(order=4.0, beta=0.2, sigma=1.0)
+    with pytest.raises(ParameterError, match="smooth_sensitivity must be > 0"):
+        smooth.suggest(4.0, 0.0)
     with pytest.raises(ParameterError, match="same number of teachers"):
         smooth.local_sensitivity(np.array([[3.0, 1.0], [2.0, 1.0]]), np.array([0, 0]), Aggregator(sigma=1.0), 2.0)
     with pytest.raises(ParameterError, match="delta"):
-        smooth.release(np.array([[3.0, 1.0]]), np.array([0]), Aggregator(sigma=1.0), delta=0.0)
+        smooth.release(np.array([[3.0, 1.0]]), np.array([0]), Aggregator(sigma=1.0),
+                       smooth.SmoothParams(2.0, 0.1, 1.0), delta=0.0)
