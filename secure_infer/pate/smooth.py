@@ -271,7 +271,11 @@ def local_sensitivity(votes: np.ndarray, labels: np.ndarray, aggregator: Aggrega
 def smooth_sensitivity(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, *, order: float,
                        beta: float) -> float:
     """``SS(D) = max_d exp(-beta d) U(D, d)`` at one order: a beta-smooth bound on the local sensitivity."""
-    bound = _bounds(votes, labels, aggregator, np.array([float(order)]))[1][:, 0]
+    return _discounted_max(local_sensitivity(votes, labels, aggregator, order)[:, 0], beta)
+
+
+def _discounted_max(bound: np.ndarray, beta: float) -> float:
+    """max over d of exp(-beta d) bound[d]: the smooth sensitivity from the bounds at each distance."""
     return float(np.max(np.exp(-beta * np.arange(len(bound))) * bound))
 
 
@@ -310,7 +314,7 @@ def release(votes: np.ndarray, labels: np.ndarray, aggregator: Aggregator, param
     if parties > 1:  # as analysis.epsilon: no query costs more than a curious silo's data-independent bound
         costs = np.minimum(costs, analysis.query_costs(votes, labels, aggregator, order)[1])
     f = float(costs.sum())
-    ss = float(np.max(np.exp(-params.beta * np.arange(len(bound))) * bound[:, 0]))
+    ss = _discounted_max(bound[:, 0], params.beta)
     cost = rdp_gnss(params.beta, params.sigma, params.order)
     std = ss * params.sigma
     draw = float((rng if rng is not None else np.random.default_rng()).standard_normal())
