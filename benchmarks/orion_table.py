@@ -11,7 +11,10 @@ all rounds of each per-image time (encrypt + evaluate + decrypt) and the
 largest absolute logit error against the torch module. A batch section times
 the tutorial network in batch mode: the evaluation of one block of 4096
 images and end to end (encrypt, evaluate, decrypt) on 8192 images, in process
-and on two local workers.
+and on two local workers (this process encrypting), and with
+``encrypt_on="workers"``: two workers that each run whole blocks, evaluation
+timed inside each worker while both run (two blocks, one each) and end to end
+on 16384 images.
 
 Orion is optional: with no interpreter that imports ``orion`` (see
 ``orion_anchor.py`` for the install, and ``--orion-python`` or
@@ -91,6 +94,22 @@ def batch_cells(model: torch.nn.Module, calibration: torch.Tensor) -> dict:
     flat = x[:slots].reshape(slots, -1).double().numpy()
     cts = [program.client.keys.encrypt(flat[:, j]) for j in range(flat.shape[1])]
     program.evaluate(cts)
+    pipelines = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=calibration, workers=2,
+                        encrypt_on="workers")
+    both = torch.cat([x, orion_anchor.make_inputs(8192, seed=4)])
+    pipelines(x)  # starts the workers
+    pipeline_eval, pipeline_e2e = [], []
+    for _ in range(2):
+        pipelines(x)  # one block per worker, started together: their evaluations overlap
+        run = pipelines.last_run
+        assert run is not None
+        pipeline_eval.append(run.compute_s / 2)  # each worker's evaluation seconds, on its own core
+        started = time.perf_counter()
+        pipelines(both)
+        pipeline_e2e.append(time.perf_counter() - started)
+    with torch.no_grad():
+        pipeline_error = float((pipelines(x[:slots]) - model(x[:slots])).abs().max())
+    pipelines.close()
     evaluate = []
     for _ in range(2):
         started = time.perf_counter()
@@ -115,6 +134,9 @@ def batch_cells(model: torch.nn.Module, calibration: torch.Tensor) -> dict:
     return {"slots": slots, "evaluate_images_per_s": slots / min(evaluate),
             "end_to_end_images_per_s": len(x) / min(in_process),
             "end_to_end_2_workers_images_per_s": len(x) / min(two), "max_abs_logit_error": error,
+            "evaluate_2_pipelines_images_per_s": len(x) / min(pipeline_eval),
+            "end_to_end_2_pipelines_images_per_s": len(both) / min(pipeline_e2e),
+            "end_to_end_2_pipelines_images": len(both), "max_abs_logit_error_pipelines": pipeline_error,
             "params": program.params.describe()}
 
 
@@ -148,6 +170,13 @@ def table(results: dict) -> str:
                   f"{b['end_to_end_images_per_s']:.0f} images/s in process, "
                   f"{b['end_to_end_2_workers_images_per_s']:.0f} images/s on two local workers; "
                   f"max abs logit error {b['max_abs_logit_error']:.1e}."]
+        if "end_to_end_2_pipelines_images_per_s" in b:
+            lines += ["", "Both cores, `encrypt_on=\"workers\"` (two workers, each encrypting, evaluating and decrypting "
+                      f"whole blocks under its own keys): evaluation {b['evaluate_2_pipelines_images_per_s']:.0f} "
+                      "images/s (two blocks, one per worker, evaluation timed inside each while both ran); end to "
+                      f"end on {b['end_to_end_2_pipelines_images']} images "
+                      f"{b['end_to_end_2_pipelines_images_per_s']:.0f} images/s; max abs logit error "
+                      f"{b['max_abs_logit_error_pipelines']:.1e}."]
     return "\n".join(lines) + "\n"
 
 

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "models": ["logreg", "mlp", "cryptonets", "lenet", "vit", "reference28", "lenet28"],
         "executions": ["plaintext-cpu", "plaintext-gpu", "raw-crypten-2p", "crypten-2p", "crypten-3p",
                        "crypten-gpu", "tenseal-handwritten", "tenseal-latency", "tenseal-latency-chain",
-                       "tenseal-batch", "tenseal-batch-2w"],
+                       "tenseal-batch", "tenseal-batch-2w", "tenseal-batch-2p"],
         "batches": [1, 16, 64, "slots"],
         "repeats": 5,
         "scale_out": {"repeat": 20},
@@ -111,10 +111,12 @@ def _time(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> tuple[
 
 
 # Cells whose single call takes seconds and has no warm-up effect worth waiting for.
-_SLOW = {"tenseal-batch", "tenseal-batch-2w", "tenseal-handwritten"}
+_SLOW = {"tenseal-batch", "tenseal-batch-2w", "tenseal-batch-2p", "tenseal-handwritten"}
 # tenseal-latency-chain: schedule="square-chain"; tenseal-batch-2w: workers=2 (both cores), whose "slots"
-# batch is two full blocks, one per worker (workers evaluate whole blocks)
-_TENSEAL_VARIANTS: dict[str, dict[str, Any]] = {"chain": {"schedule": "square-chain"}, "2w": {"workers": 2}}
+# batch is two full blocks, one per worker (workers evaluate whole blocks, this process encrypts);
+# tenseal-batch-2p: the same with encrypt_on="workers" (each worker encrypts, evaluates and decrypts its blocks)
+_TENSEAL_VARIANTS: dict[str, dict[str, Any]] = {"chain": {"schedule": "square-chain"}, "2w": {"workers": 2},
+                                                "2p": {"workers": 2, "encrypt_on": "workers"}}
 
 
 def _stats(run: RunStats | None, what: str) -> RunStats:
@@ -599,7 +601,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
         "",
         "Executions: `tenseal-latency` one input per ciphertext (schedule \"levels\"), `-chain` with "
-        "schedule=\"square-chain\"; `tenseal-batch` one input per slot, `-2w` with workers=2 (both cores); "
+        "schedule=\"square-chain\"; `tenseal-batch` one input per slot, `-2w` with workers=2 (both cores: they "
+        "evaluate, this process encrypts), `-2p` with encrypt_on=\"workers\" too (each worker runs whole blocks); "
         "`raw-crypten-2p` and `tenseal-handwritten` are the libraries used by hand.",
         "",
         "| model | execution | batch | ms/input | inputs/s | x plaintext CPU | argmax agree | max abs err | bytes/input | rounds | key MB |",

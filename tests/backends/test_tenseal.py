@@ -409,6 +409,52 @@ def test_batch_workers_evaluate_blocks_in_worker_processes_and_agree() -> None:
         si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", workers=0)
 
 
+def test_workers_that_encrypt_run_whole_blocks_under_their_own_keys() -> None:
+    from secure_infer.engine import audit_outgoing
+
+    model = _square_net()
+    x = torch.rand(4100, 1, 8, 8)
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=x, workers=2, encrypt_on="workers")
+    sent: list[bytes] = []
+    with audit_outgoing(sent.append), torch.no_grad():
+        y = enc(x)
+        assert float((y - model(x)).abs().max()) < 5e-2
+    engine = enc.program._engine
+    assert engine is not None and engine.worker_pids() and os.getpid() not in engine.worker_pids()
+    run = enc.last_run
+    assert run.extra["ciphertexts_in"] == 2 * 64 and run.extra["ciphertexts_out"] == 2 * 3 and run.batch_size == 4100
+    assert run.encrypt_s > 0 and run.compute_s > 0 and run.extra["ciphertext_bytes_out"] > 0
+    # what the workers got: the layout, the program and plaintext rows; none of this process's key material
+    keys = enc.program.client.keys
+    secret = si.backends.tenseal._seal.to_bytes(keys._secret_key)
+    assert sent and not any(blob[:64] in b for b in sent for blob in (secret, *keys.public_blobs.values()))
+    enc.close()
+    with pytest.raises(si.ParameterError, match="encrypt_on"):
+        si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", workers=2, encrypt_on="server")
+
+
+def test_workers_that_encrypt_are_refused_off_this_host() -> None:
+    from secure_infer.engine import Engine
+
+    class Remote(Engine):
+        workers, same_host = 2, False
+
+        def run(self, spec, blocks, *, in_flight=None):  # type: ignore[no-untyped-def, override]
+            raise AssertionError("plaintext rows must not be sent")
+
+        def start(self, spec):  # type: ignore[no-untyped-def, override]
+            raise AssertionError("no worker should start")
+
+        def close(self) -> None:
+            pass
+
+    model = _square_net()
+    x = torch.rand(8, 1, 8, 8)
+    enc = si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", calibration=x, workers=2, encrypt_on="workers")
+    with pytest.raises(si.ParameterError, match="local workers only"):
+        enc.program._run_pipelines(np.zeros((8, 64)), Remote())
+
+
 def test_latency_square_chain_is_faster_with_smaller_keys_and_agrees() -> None:
     model = _square_net()
     x = torch.rand(6, 1, 8, 8)

@@ -21,7 +21,13 @@ from secure_infer._errors import ParameterError, UnsupportedModelError
 from secure_infer.backends import register_backend
 from secure_infer.backends.base import Backend, Program, RunStats
 from secure_infer.backends.tenseal import _raw
-from secure_infer.backends.tenseal._blocks import BlockEvaluator, BlockResult, stream
+from secure_infer.backends.tenseal._blocks import (
+    BlockEvaluator,
+    BlockPipeline,
+    BlockResult,
+    PipelineResult,
+    stream,
+)
 from secure_infer.backends.tenseal._client import Layout, LayoutClient, RunTotals
 from secure_infer.backends.tenseal._compile import Compiled, compile_graph, square_chain
 from secure_infer.backends.tenseal._execute import BatchPlan, LatencyPlan
@@ -41,10 +47,11 @@ from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin", "workers", "schedule", "tolerance", "packing"}
+            "margin", "workers", "encrypt_on", "schedule", "tolerance", "packing"}
 NOISE_ALLOWANCE = 10.0
 """The worst-case bound allows for this many times the CKKS rounding noise measured on the calibration data."""
 SCHEDULES = ("levels", "square-chain")
+ENCRYPT_ON = ("caller", "workers")
 PACKINGS = ("auto", "dense")
 
 
@@ -54,7 +61,7 @@ class TensealProgram(Program):
     def __init__(self, graph: Graph, sample_input: torch.Tensor, *, mode: str = "latency",
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
-                 scale_bits: int | None = None, margin: float = 0.1, workers: int = 1,
+                 scale_bits: int | None = None, margin: float = 0.1, workers: int = 1, encrypt_on: str = "caller",
                  schedule: str | None = None, tolerance: float | None = None, packing: str = "auto") -> None:
         """``schedule``: ``"levels"`` (one prime per multiplication: most precise) or ``"square-chain"``
         (each affine layer shares the next square's prime: fewer primes, faster, smaller keys, weights
@@ -69,6 +76,15 @@ class TensealProgram(Program):
         a diagonal product with rotations (the published layout then shows the
         first layer's kernel size, stride and padding, never a weight);
         ``"dense"`` publishes layer widths only.
+
+        ``workers`` (batch mode): a call of several blocks runs them on that many
+        spawned processes. ``encrypt_on="caller"`` (default): the workers hold the
+        evaluation keys only and this process encrypts and decrypts, the split a
+        client and a server have. ``encrypt_on="workers"``: each worker encrypts,
+        evaluates and decrypts whole blocks under a key pair it makes itself, so
+        encryption (which SEAL runs under Python's lock) uses every core too; the
+        caller's plaintext rows go to its own processes and no key leaves the one
+        that made it. For throughput on one machine.
 
         ``calibration`` sets the accepted input range (its min and max, widened by
         ``margin`` of the span): the client refuses anything outside it, and every
@@ -86,6 +102,8 @@ class TensealProgram(Program):
         if packing not in PACKINGS:
             raise ParameterError(f"packing must be one of {PACKINGS}, got {packing!r}")
         _check_workers(workers, mode)
+        if encrypt_on not in ENCRYPT_ON:
+            raise ParameterError(f"encrypt_on must be one of {ENCRYPT_ON}, got {encrypt_on!r}")
         calib = sample_input if calibration is None else calibration
         if isinstance(calib, torch.Tensor):
             calib = graph.prepare(calib).float()  # token indices: one-hot, like the client does
@@ -171,8 +189,10 @@ class TensealProgram(Program):
         self.conversions = list(graph.conversions) + _conversions(graph, self.compiled)
         self._ct_in_bytes: int | None = None
         self.workers = workers
+        self.encrypt_on = encrypt_on
         self._engine: LocalEngine | None = None  # started on the first call that spans several blocks
         self._spec: dict[bool, BlockEvaluator] = {}
+        self._pipeline: dict[str, BlockPipeline] = {}
         self.noise: float | None = None  # CKKS rounding noise, measured by run() (wrap's run on the sample)
 
     @property
@@ -280,7 +300,8 @@ class TensealProgram(Program):
             y, totals = self.client.run(flat, self.evaluate)
         if self._ct_in_bytes is None:
             self._ct_in_bytes = self.client.keys.wire_size()  # seeded, as a remote client sends it
-            self._ct_out_bytes = serialized_size(totals.sample_out)
+            self._ct_out_bytes = (serialized_size(totals.sample_out) if totals.sample_out is not None
+                                  else totals.sample_out_bytes)
         n_in, n_out = totals.ciphertexts_in, totals.ciphertexts_out
         self.last_run = RunStats(
             backend="tenseal", batch_size=len(flat), wall_s=time.perf_counter() - started,
@@ -302,10 +323,21 @@ class TensealProgram(Program):
         out = out.reshape(shape)
         return out.movedim(0, core.batch_dim) if core.batch_dim else out
 
+    def pipeline_spec(self) -> BlockPipeline:
+        """What a worker that runs whole blocks needs (``encrypt_on="workers"``): no key, see :class:`BlockPipeline`."""
+        if not isinstance(self.plan, BatchPlan):
+            raise ParameterError("only mode='batch' runs blocks on workers; wrap with mode='batch'")
+        if "pipeline" not in self._pipeline:
+            self._pipeline["pipeline"] = BlockPipeline(self.params, self.compiled, self.weight_bits, self.published)
+        return self._pipeline["pipeline"]
+
     def _run_on_workers(self, flat: np.ndarray) -> tuple[np.ndarray, RunTotals]:
-        """Blocks on this program's local workers; evaluate_s is the wall time not spent encrypting or decrypting."""
+        """Blocks on this program's local workers; evaluate_s is the wall time not spent encrypting or decrypting
+        (``encrypt_on="workers"``: each phase's seconds summed over the workers)."""
         if self._engine is None:
             self._engine = LocalEngine(self.workers)
+        if self.encrypt_on == "workers":
+            return self._run_pipelines(flat, self._engine)
         started = time.perf_counter()
         totals = RunTotals()
         parts: dict[int, np.ndarray] = {}
@@ -318,6 +350,24 @@ class TensealProgram(Program):
             totals.ciphertexts_out += block.outputs.shape[1]
             totals.sample_out = block.sample
         totals.evaluate_s = max(0.0, time.perf_counter() - started - totals.encrypt_s - totals.decrypt_s)
+        return np.concatenate([parts[i] for i in sorted(parts)]), totals
+
+    def _run_pipelines(self, flat: np.ndarray, engine: Engine) -> tuple[np.ndarray, RunTotals]:
+        if not engine.same_host:
+            raise ParameterError("encrypt_on='workers' sends plaintext rows: it runs on local workers only")
+        totals = RunTotals()
+        parts: dict[int, np.ndarray] = {}
+        blocks = ((i, flat[rows.start : rows.stop]) for i, rows in enumerate(split(len(flat), self.params.slots)))
+        for done in engine.run(self.pipeline_spec(), blocks):
+            result: PipelineResult = done.result
+            parts[done.index] = result.outputs
+            totals.encrypt_s += result.encrypt_s
+            totals.evaluate_s += result.evaluate_s
+            totals.decrypt_s += result.decrypt_s
+            totals.requests += 1
+            totals.ciphertexts_in += result.ciphertexts_in
+            totals.ciphertexts_out += result.ciphertexts_out
+            totals.sample_out_bytes = result.output_bytes
         return np.concatenate([parts[i] for i in sorted(parts)]), totals
 
     def _packing(self) -> str:

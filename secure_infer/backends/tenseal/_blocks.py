@@ -7,6 +7,12 @@ ciphertexts: SEAL's compressed, seeded bytes for workers on other hosts, the
 raw coefficients (:func:`._raw.to_bytes`, a copy instead of about 3 ms of
 compression per ciphertext) for workers on this one. The secret key and the
 plaintext inputs stay in the client process (:func:`stream`).
+
+:class:`BlockPipeline` is the other split, for one machine: each worker
+runs whole blocks (encrypt, evaluate, decrypt) under a key pair it makes
+itself, so encryption, which SEAL runs under Python's lock, uses every core
+too. The caller's plaintext goes to its own processes; no key crosses a
+process boundary.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from secure_infer.backends.tenseal import _raw
-from secure_infer.backends.tenseal._client import LayoutClient
+from secure_infer.backends.tenseal._client import Layout, LayoutClient
 from secure_infer.backends.tenseal._compile import Compiled
 from secure_infer.backends.tenseal._execute import BatchPlan
 from secure_infer.backends.tenseal._params import CKKSParameters
@@ -53,6 +59,56 @@ class BlockEvaluator:
 
     def dump(self, ct: Any) -> bytes:
         return _raw.to_bytes(ct) if self.raw else to_bytes(ct)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """One block run whole on a worker: its decrypted outputs and the seconds of each phase there."""
+
+    outputs: np.ndarray
+    encrypt_s: float
+    evaluate_s: float
+    decrypt_s: float
+    ciphertexts_in: int
+    ciphertexts_out: int
+    output_bytes: int  # one output ciphertext, serialized
+
+
+@dataclass(frozen=True)
+class BlockPipeline:
+    """A worker that encrypts, evaluates and decrypts whole blocks (see the module's docstring).
+
+    Each worker makes its own key pair when it starts (``build``), so what it
+    receives is the published layout, the compiled program and plaintext
+    rows: for engines on this machine only (:attr:`Engine.same_host`), as the
+    rows are the caller's inputs in the clear.
+    """
+
+    params: CKKSParameters
+    compiled: Compiled
+    weight_bits: int
+    layout: Layout
+
+    def build(self) -> tuple[LayoutClient, BatchPlan]:
+        client = LayoutClient(self.layout)  # a fresh key pair, made here and kept here
+        server = ServerContext(self.params, None)
+        server.load_keys(client.keys.public_blobs, client.keys.rotation_steps)
+        return client, BatchPlan(self.compiled, server, self.params.slots, self.weight_bits)
+
+    def run(self, state: tuple[LayoutClient, BatchPlan], rows: np.ndarray) -> PipelineResult:
+        import time
+
+        client, plan = state
+        if len(rows) > self.params.slots:
+            raise ValueError(f"a block holds at most {self.params.slots} inputs (the slots), got {len(rows)}")
+        t0 = time.perf_counter()
+        ((n, cts),) = list(client.requests(rows))
+        t1 = time.perf_counter()
+        outs = plan.run(cts)
+        t2 = time.perf_counter()
+        y = client.decrypt(outs, n)
+        t3 = time.perf_counter()
+        return PipelineResult(y, t1 - t0, t2 - t1, t3 - t2, len(cts), len(outs), len(to_bytes(outs[0])))
 
 
 @dataclass
@@ -90,11 +146,11 @@ def stream(client: LayoutClient, spec: BlockEvaluator, flat: np.ndarray, engine:
     def encrypted() -> Iterator[tuple[int, list[bytes]]]:
         for index, rows in blocks:
             started = time.perf_counter()
-            block = flat[rows.start : rows.stop]
+            block = np.ascontiguousarray(flat[rows.start : rows.stop].T)  # one contiguous row per feature
             if spec.raw:
-                payload = [_raw.to_bytes(client.keys.encrypt(block[:, j])) for j in range(block.shape[1])]
+                payload = [_raw.to_bytes(client.keys.encrypt(column)) for column in block]
             else:
-                payload = [to_bytes(client.keys.encrypt_for_wire(block[:, j])) for j in range(block.shape[1])]
+                payload = [to_bytes(client.keys.encrypt_for_wire(column)) for column in block]
             encrypt_s[index] = time.perf_counter() - started
             sizes[index] = sum(map(len, payload))
             if on_encrypted is not None:

@@ -196,6 +196,7 @@ class RunTotals:
     ciphertexts_in: int = 0
     ciphertexts_out: int = 0
     sample_out: Any = None  # one output ciphertext, for its size (inputs: ClientKeys.wire_size)
+    sample_out_bytes: int = 0  # that size, when the outputs were decrypted elsewhere (a worker)
 
 
 class LayoutClient:
@@ -244,8 +245,9 @@ class LayoutClient:
                 yield 1, [self._encrypt(v) for v in packed]
         else:
             for start in range(0, len(flat), self.layout.slots):
-                block = flat[start : start + self.layout.slots]
-                yield len(block), [self._encrypt(block[:, j]) for j in range(block.shape[1])]
+                # one row per feature, each contiguous: the encoder copies it element by element
+                block = np.ascontiguousarray(flat[start : start + self.layout.slots].T)
+                yield block.shape[1], [self._encrypt(column) for column in block]
 
     def run(self, flat: np.ndarray, evaluate: Callable[[list[Any]], list[Any]]) -> tuple[np.ndarray, RunTotals]:
         """Encrypt ``flat`` request by request, have ``evaluate`` compute each, decrypt; outputs and totals.
