@@ -428,6 +428,7 @@ def test_workers_that_encrypt_run_whole_blocks_under_their_own_keys() -> None:
     keys = enc.program.client.keys
     secret = si.backends.tenseal._seal.to_bytes(keys._secret_key)
     assert sent and not any(blob[:64] in b for b in sent for blob in (secret, *keys.public_blobs.values()))
+    assert "key pair it makes itself" in enc.program.describe()["workers"]
     enc.close()
     with pytest.raises(si.ParameterError, match="encrypt_on"):
         si.wrap(model, "tenseal", sample_input=x[:1], mode="batch", workers=2, encrypt_on="server")

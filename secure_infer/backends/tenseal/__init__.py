@@ -424,6 +424,11 @@ class TensealProgram(Program):
                 if self.worst_case_error is not None else
                 f"approximations <= {self.compiled.error_bound:.3g} (interval bound) + CKKS noise (not measured yet)"),
             "threat model": "semi-honest server; it sees evaluation keys (relinearization, Galois) and ciphertexts only",
+            **({"workers": f"{self.workers} local processes; " + (
+                "each encrypts, evaluates and decrypts whole blocks under a key pair it makes itself (it gets the "
+                "plaintext rows)" if self.encrypt_on == "workers" else
+                "they evaluate blocks with the evaluation keys; this process encrypts and decrypts")}
+               if self.workers > 1 else {}),
         }
 
 
