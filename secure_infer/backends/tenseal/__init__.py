@@ -192,7 +192,7 @@ class TensealProgram(Program):
         self.encrypt_on = encrypt_on
         self._engine: LocalEngine | None = None  # started on the first call that spans several blocks
         self._spec: dict[bool, BlockEvaluator] = {}
-        self._pipeline: dict[str, BlockPipeline] = {}
+        self._pipeline: BlockPipeline | None = None  # one object, so an engine that holds it keeps its workers
         self.noise: float | None = None  # CKKS rounding noise, measured by run() (wrap's run on the sample)
 
     @property
@@ -327,9 +327,9 @@ class TensealProgram(Program):
         """What a worker that runs whole blocks needs (``encrypt_on="workers"``): no key, see :class:`BlockPipeline`."""
         if not isinstance(self.plan, BatchPlan):
             raise ParameterError("only mode='batch' runs blocks on workers; wrap with mode='batch'")
-        if "pipeline" not in self._pipeline:
-            self._pipeline["pipeline"] = BlockPipeline(self.params, self.compiled, self.weight_bits, self.published)
-        return self._pipeline["pipeline"]
+        if self._pipeline is None:
+            self._pipeline = BlockPipeline(self.params, self.compiled, self.weight_bits, self.published)
+        return self._pipeline
 
     def _run_on_workers(self, flat: np.ndarray) -> tuple[np.ndarray, RunTotals]:
         """Blocks on this program's local workers; evaluate_s is the wall time not spent encrypting or decrypting

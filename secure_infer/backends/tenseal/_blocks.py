@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from secure_infer.backends.tenseal import _raw
-from secure_infer.backends.tenseal._client import Layout, LayoutClient
+from secure_infer.backends.tenseal._client import Layout, LayoutClient, batch_columns
 from secure_infer.backends.tenseal._compile import Compiled
 from secure_infer.backends.tenseal._execute import BatchPlan
 from secure_infer.backends.tenseal._params import CKKSParameters
-from secure_infer.backends.tenseal._seal import ServerContext, from_bytes, to_bytes
+from secure_infer.backends.tenseal._seal import ServerContext, from_bytes, serialized_size, to_bytes
 from secure_infer.engine import Done, Engine
 
 
@@ -108,7 +108,7 @@ class BlockPipeline:
         t2 = time.perf_counter()
         y = client.decrypt(outs, n)
         t3 = time.perf_counter()
-        return PipelineResult(y, t1 - t0, t2 - t1, t3 - t2, len(cts), len(outs), len(to_bytes(outs[0])))
+        return PipelineResult(y, t1 - t0, t2 - t1, t3 - t2, len(cts), len(outs), serialized_size(outs[0]))
 
 
 @dataclass
@@ -146,11 +146,11 @@ def stream(client: LayoutClient, spec: BlockEvaluator, flat: np.ndarray, engine:
     def encrypted() -> Iterator[tuple[int, list[bytes]]]:
         for index, rows in blocks:
             started = time.perf_counter()
-            block = np.ascontiguousarray(flat[rows.start : rows.stop].T)  # one contiguous row per feature
+            columns = batch_columns(flat[rows.start : rows.stop])
             if spec.raw:
-                payload = [_raw.to_bytes(client.keys.encrypt(column)) for column in block]
+                payload = [_raw.to_bytes(client.keys.encrypt(column)) for column in columns]
             else:
-                payload = [to_bytes(client.keys.encrypt_for_wire(column)) for column in block]
+                payload = [to_bytes(client.keys.encrypt_for_wire(column)) for column in columns]
             encrypt_s[index] = time.perf_counter() - started
             sizes[index] = sum(map(len, payload))
             if on_encrypted is not None:

@@ -199,6 +199,12 @@ class RunTotals:
     sample_out_bytes: int = 0  # that size, when the outputs were decrypted elsewhere (a worker)
 
 
+def batch_columns(block: np.ndarray) -> np.ndarray:
+    """A batch-mode block ``(inputs, features)`` as one contiguous row per feature, each one ciphertext's
+    slots (SEAL's encoder copies its argument element by element: a strided column costs about 20% more)."""
+    return np.ascontiguousarray(block.T)
+
+
 class LayoutClient:
     """Encrypts inputs for, and decrypts outputs of, a program with a given :class:`Layout`."""
 
@@ -245,9 +251,8 @@ class LayoutClient:
                 yield 1, [self._encrypt(v) for v in packed]
         else:
             for start in range(0, len(flat), self.layout.slots):
-                # one row per feature, each contiguous: the encoder copies it element by element
-                block = np.ascontiguousarray(flat[start : start + self.layout.slots].T)
-                yield block.shape[1], [self._encrypt(column) for column in block]
+                columns = batch_columns(flat[start : start + self.layout.slots])
+                yield columns.shape[1], [self._encrypt(column) for column in columns]
 
     def run(self, flat: np.ndarray, evaluate: Callable[[list[Any]], list[Any]]) -> tuple[np.ndarray, RunTotals]:
         """Encrypt ``flat`` request by request, have ``evaluate`` compute each, decrypt; outputs and totals.
