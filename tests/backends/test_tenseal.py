@@ -366,6 +366,9 @@ def test_square_chain_parameters_are_secure_and_smaller() -> None:
         assert chain is not None
         params, weight_bits = chain
         assert params.total_bits <= max_bits_128(params.poly_modulus_degree) and weight_bits >= 16
+        *data, special = params.coeff_mod_bit_sizes
+        # key switches act on inputs at the low scale 2^s: the special prime takes the bits left over
+        assert special >= max(data) and (special == 60 or params.total_bits == max_bits_128(params.poly_modulus_degree))
         general = choose(2 * pairs + 1, max_abs_output=100.0, slots_needed=1)
         assert len(params.coeff_mod_bit_sizes) < len(general.coeff_mod_bit_sizes)
     assert choose_square_chain(0, max_abs_output=1.0) is None
