@@ -161,21 +161,48 @@ def train_teachers(x: torch.Tensor, y: torch.Tensor, *, teachers: int, classes: 
 
 
 def train_student(x: torch.Tensor, labels: np.ndarray, build: Callable[[], nn.Module], *, epochs: int = 200,
-                  lr: float = 0.01, seed: int = 0) -> nn.Module:
-    """Train ``build()`` on the public inputs that got a label (-1: the aggregator declined)."""
+                  lr: float = 0.01, seed: int = 0, self_training: int = 0, confidence: float = 0.9) -> nn.Module:
+    """Train ``build()`` on the public inputs that got a label (-1: the aggregator declined).
+
+    ``self_training`` rounds then pseudo-label the declined inputs on which
+    the current student is at least ``confidence`` sure, and train a fresh
+    student on the answers plus those (the answers always keep the
+    aggregator's label). The semi-supervised step the PATE papers use, in its
+    simplest form: it reads only public inputs and released labels, so it is
+    post-processing and costs no privacy. Each round runs as many optimizer
+    steps as the first student (fewer epochs over the larger set), so a
+    round costs about one student.
+    """
     from secure_infer.datasets import Dataset
     from secure_infer.zoo import TrainConfig, train
 
+    if self_training < 0 or not 0.0 < confidence <= 1.0:
+        raise ParameterError(f"self_training must be >= 0 and confidence in (0, 1], got {self_training} and "
+                             f"{confidence}")
     labels = np.asarray(labels)
-    keep = np.flatnonzero(labels >= 0)
-    if len(keep) == 0:
+    answered = labels >= 0
+    if not answered.any():
         raise ParameterError("no query was answered, so the student has nothing to learn from; lower the "
                              "threshold or raise the number of queries")
-    xs, ys = x[torch.from_numpy(keep)], torch.from_numpy(labels[keep]).long()
-    model = build()
     classes = int(max(int(labels.max()) + 1, 2))
-    data = Dataset("pate-student", xs, ys, xs[:1], ys[:1], classes, tuple(x.shape[1:]),
-                   description="public inputs labelled by the teachers' noisy vote")
-    torch.manual_seed(seed)
-    train(model, data, TrainConfig(epochs=epochs, lr=lr, batch_size=32), seed=seed)
-    return model.eval()
+    batch = 32
+
+    def fit(targets: np.ndarray, rounds_epochs: int) -> nn.Module:
+        keep = np.flatnonzero(targets >= 0)
+        xs, ys = x[torch.from_numpy(keep)], torch.from_numpy(targets[keep]).long()
+        model = build()
+        data = Dataset("pate-student", xs, ys, xs[:1], ys[:1], classes, tuple(x.shape[1:]),
+                       description="public inputs labelled by the teachers' noisy vote")
+        torch.manual_seed(seed)
+        train(model, data, TrainConfig(epochs=rounds_epochs, lr=lr, batch_size=batch), seed=seed)
+        return model.eval()
+
+    model = fit(labels, epochs)
+    steps = epochs * math.ceil(int(answered.sum()) / batch)
+    for _ in range(self_training):
+        with torch.no_grad():
+            probs = torch.softmax(model(x), dim=1).numpy()
+        sure = probs.max(axis=1) >= confidence
+        targets = np.where(answered, labels, np.where(sure, probs.argmax(axis=1), -1))
+        model = fit(targets, max(1, round(steps / math.ceil(int((targets >= 0).sum()) / batch))))
+    return model

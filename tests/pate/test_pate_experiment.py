@@ -128,3 +128,7 @@ def test_plan_settings_are_checked():
         dataclasses.replace(SMALL, curve_points=0)
     with pytest.raises(ParameterError, match="PatePlan.colluders"):
         dataclasses.replace(SMALL, colluders=3)
+    with pytest.raises(ParameterError, match="PatePlan.student_self_training"):
+        dataclasses.replace(SMALL, student_self_training=-1)
+    with pytest.raises(ParameterError, match="student_confidence"):
+        dataclasses.replace(SMALL, student_confidence=0.0)

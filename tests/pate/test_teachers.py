@@ -72,6 +72,35 @@ def test_student_learns_from_answered_queries_only(digits):
         train_student(digits.x_test[:5], np.full(5, -1), lambda: build("mlp", (1, 8, 8), 10, seed=0))
 
 
+def test_self_training_adds_confident_pseudo_labels_and_keeps_the_answers(digits, monkeypatch):
+    import secure_infer.zoo as zoo
+
+    fits = []
+    real_train = zoo.train
+
+    def recording_train(model, data, config, **kwargs):
+        fits.append((data.x_train.clone(), data.y_train.clone(), config.epochs))
+        return real_train(model, data, config, **kwargs)
+
+    monkeypatch.setattr(zoo, "train", recording_train)
+    x = digits.x_test[:200]
+    labels = np.full(200, -1)
+    labels[:64] = digits.y_test[:64].numpy()
+    student = train_student(x, labels, lambda: build("mlp", (1, 8, 8), 10, seed=0), epochs=20, self_training=1,
+                            confidence=0.5)
+    assert len(fits) == 2
+    (x0, y0, e0), (x1, y1, e1) = fits
+    assert torch.equal(x0, x[:64]) and torch.equal(y0, digits.y_test[:64])  # first: the answers only
+    assert torch.equal(x1[:64], x[:64]) and torch.equal(y1[:64], digits.y_test[:64])  # answers keep their labels
+    assert len(x1) > 64  # declined inputs the first student was sure of were added
+    assert e1 * -(-len(x1) // 32) == pytest.approx(e0 * 2, rel=0.5)  # about the same optimizer steps
+    with torch.no_grad():
+        assert student(x).shape == (200, 10)
+    for bad in ({"self_training": -1}, {"confidence": 0.0}, {"confidence": 1.5}):
+        with pytest.raises(ParameterError, match="self_training"):
+            train_student(x, labels, lambda: build("mlp", (1, 8, 8), 10, seed=0), **bad)
+
+
 def test_bad_teacher_counts_are_refused(digits):
     with pytest.raises(ParameterError, match="teachers"):
         train_teachers(digits.x_train[:10], digits.y_train[:10], teachers=11, classes=10)
