@@ -184,13 +184,13 @@ def train_student(x: torch.Tensor, labels: np.ndarray, build: Callable[[], nn.Mo
     if not answered.any():
         raise ParameterError("no query was answered, so the student has nothing to learn from; lower the "
                              "threshold or raise the number of queries")
-    classes = int(max(int(labels.max()) + 1, 2))
     batch = 32
 
     def fit(targets: np.ndarray, rounds_epochs: int) -> nn.Module:
         keep = np.flatnonzero(targets >= 0)
         xs, ys = x[torch.from_numpy(keep)], torch.from_numpy(targets[keep]).long()
         model = build()
+        classes = int(max(int(targets.max()) + 1, 2))  # a pseudo-label may name a class no answer did
         data = Dataset("pate-student", xs, ys, xs[:1], ys[:1], classes, tuple(x.shape[1:]),
                        description="public inputs labelled by the teachers' noisy vote")
         torch.manual_seed(seed)
