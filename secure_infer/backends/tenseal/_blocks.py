@@ -17,6 +17,7 @@ process boundary.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +97,6 @@ class BlockPipeline:
         return client, BatchPlan(self.compiled, server, self.params.slots, self.weight_bits)
 
     def run(self, state: tuple[LayoutClient, BatchPlan], rows: np.ndarray) -> PipelineResult:
-        import time
-
         client, plan = state
         if len(rows) > self.params.slots:
             raise ValueError(f"a block holds at most {self.params.slots} inputs (the slots), got {len(rows)}")
@@ -137,8 +136,6 @@ def stream(client: LayoutClient, spec: BlockEvaluator, flat: np.ndarray, engine:
     Encryption is pulled by the engine as workers free up, so at most a few
     blocks of ciphertexts are held at once.
     """
-    import time
-
     encrypt_s: dict[int, float] = {}
     sizes: dict[int, int] = {}
     rows_of = dict(blocks)
