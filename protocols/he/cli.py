@@ -30,7 +30,8 @@ from secure_infer.cli import model_from_arg, train_with_bar
 
 def run_server(printer: Output, z: zoo.ZooModel, data: datasets.Dataset, *, host: str, port: int, mode: str,
                schedule: str | None = None, tls: ServerTLS | None = None, insecure: bool = False,
-               state: Path | None = None, audit_log: Path | None = None, **limits: Any) -> None:
+               state: Path | None = None, audit_log: Path | None = None, rotation_keys: int | None = None,
+               **limits: Any) -> None:
     """Compile ``z`` for CKKS and serve it until interrupted (``limits``: HEServer's size/time/worker limits)."""
     if tls is None and not insecure and not is_loopback(host):
         raise ParameterError(f"--host {host} is not loopback: give --tls-cert and --tls-key (make them with "
@@ -43,7 +44,8 @@ def run_server(printer: Output, z: zoo.ZooModel, data: datasets.Dataset, *, host
                              "FILE`, then --state FILE) or require client certificates (--client-ca)")
     printer.line(f"compiling {z.name} for CKKS ({mode} mode), calibrated on {len(data.x_train)} training inputs...")
     server = HEServer.from_model(z.model, data.x_train[:1], calibration=data.x_train, mode=mode, name=z.name,
-                                 host=host, port=port, schedule=schedule, tls=tls, insecure=insecure, state=store,
+                                 host=host, port=port, schedule=schedule, rotation_keys=rotation_keys, tls=tls,
+                                 insecure=insecure, state=store,
                                  audit_log=audit_log, **limits)
     printer.table(report_table(server.report))
     layout = server.program.published
@@ -126,6 +128,9 @@ def serve_command(
     schedule: Annotated[str | None, typer.Option(
         help="levels (most precise) or square-chain (fewer primes: faster, smaller keys; x**2 models only); "
              "default: square-chain in batch mode, levels in latency mode")] = None,
+    rotation_keys: Annotated[int | None, typer.Option(
+        help="latency mode: at most this many Galois keys in each client's key upload (other rotations are "
+             "composed of them: smaller upload, slower inference); default: one per rotation step")] = None,
     dataset: Annotated[str | None, typer.Option(help="calibration data (default: the model file's, else digits)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="this server's certificate (PEM), e.g. DIR/server.pem")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="its private key (PEM), e.g. DIR/server.key")] = None,
@@ -161,8 +166,8 @@ def serve_command(
             return train_with_bar(progress, name, data, seed)
 
     z, data = model_from_arg(model, dataset, seed, train)
-    run_server(printer, z, data, host=host, port=port, mode=mode, schedule=schedule, tls=tls, insecure=insecure,
-               state=state, audit_log=audit_log, max_request_bytes=max_request_mb << 20, idle_timeout=idle_timeout,
+    run_server(printer, z, data, host=host, port=port, mode=mode, schedule=schedule, rotation_keys=rotation_keys,
+               tls=tls, insecure=insecure, state=state, audit_log=audit_log, max_request_bytes=max_request_mb << 20, idle_timeout=idle_timeout,
                workers=workers or None, max_concurrent_rpcs=max_concurrent, identity=identity)
 
 

@@ -377,18 +377,19 @@ class HEServer:
     @classmethod
     def from_model(cls, model: torch.nn.Module, sample_input: torch.Tensor, *, mode: str = "latency",
                    calibration: torch.Tensor | None = None, schedule: str | None = None,
-                   poly_degree: int | None = None, tolerance: float | None = None, **kwargs: Any) -> HEServer:
+                   poly_degree: int | None = None, tolerance: float | None = None, rotation_keys: int | None = None,
+                   **kwargs: Any) -> HEServer:
         """Compile ``model``, measure its approximations on ``sample_input``, and serve it.
 
         The local key pair ``wrap`` used for that measurement is dropped before
-        serving: the server holds no secret key. ``schedule``, ``poly_degree`` and
-        ``tolerance`` are ``wrap``'s; other keywords are :class:`HEServer`'s.
+        serving: the server holds no secret key. ``schedule``, ``poly_degree``,
+        ``tolerance`` and ``rotation_keys`` are ``wrap``'s; other keywords are :class:`HEServer`'s.
         """
         import secure_infer as si
         from secure_infer.backends.tenseal import TensealProgram
 
         enc = si.wrap(model, backend="tenseal", sample_input=sample_input, mode=mode, calibration=calibration,
-                      schedule=schedule, poly_degree=poly_degree, tolerance=tolerance)
+                      schedule=schedule, poly_degree=poly_degree, tolerance=tolerance, rotation_keys=rotation_keys)
         assert isinstance(enc.program, TensealProgram)  # what wrap(..., "tenseal") builds
         enc.program.forget_client_keys()
         server = cls(enc.program, **kwargs)

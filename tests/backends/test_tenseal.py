@@ -500,3 +500,47 @@ def test_the_tutorial_spelling_compiles_to_the_square_program() -> None:
         [type(s).__name__ for s in square.program.compiled.stages]
     with torch.no_grad():
         assert float((spelled(x) - net(x)).abs().max()) < 1e-2
+
+
+def test_composed_rotations_use_the_fewest_key_switches_the_keys_allow() -> None:
+    from secure_infer.backends.tenseal._execute import compose
+
+    assert compose(64, ()) == [64] and compose(64, (1, 8, 64)) == [64]
+    assert compose(512, (1, 8, 64)) == [64] * 8
+    assert compose(72, (1, 8, 64)) == [64, 8] and compose(7, (1, 8)) == [1] * 7
+    with pytest.raises(ValueError, match="not a sum"):
+        compose(3, (2, 8))
+
+
+def test_capped_rotation_keys_compose_the_rest_and_agree() -> None:
+    """Fewer Galois keys: a smaller upload, the other rotations composed of the kept ones, same outputs."""
+    model, x = _small_lola(1), torch.rand(6, 1, 12, 12)
+    full = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency")
+    steps = full.program.published.rotation_steps
+    assert len(steps) >= 3  # the cap below removes at least one key
+    capped = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency", rotation_keys=2)
+    kept = capped.program.published.rotation_steps
+    assert len(kept) == 2 and set(kept) <= set(steps) and min(kept) == min(steps)
+    assert tuple(sorted(capped.program.server.public.rotation_steps)) == tuple(sorted(kept))
+    assert capped.program.key_bytes["galois_keys"] < 0.8 * full.program.key_bytes["galois_keys"]
+    assert "capped at 2" in capped.program.describe()["rotation keys"]
+    with torch.no_grad():
+        want = model(x)
+    assert float((capped(x) - want).abs().max()) < 1e-2
+    assert float((capped(x) - full(x)).abs().max()) < 1e-2
+    # a cap at or above what the plan uses changes nothing
+    roomy = si.wrap(model, "tenseal", sample_input=x[:1], calibration=x, mode="latency", rotation_keys=len(steps))
+    assert roomy.program.published.rotation_steps == steps and not roomy.program.plan.key_steps
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4"])
+def test_bad_rotation_key_caps_are_refused(bad) -> None:
+    x = torch.rand(2, 4)
+    with pytest.raises(si.ParameterError, match="rotation_keys must be a whole number"):
+        si.wrap(nn.Linear(4, 2), "tenseal", sample_input=x, rotation_keys=bad)
+
+
+def test_batch_mode_refuses_a_rotation_key_cap() -> None:
+    x = torch.rand(2, 4)
+    with pytest.raises(si.ParameterError, match="batch mode rotates nothing"):
+        si.wrap(nn.Linear(4, 2), "tenseal", sample_input=x, mode="batch", rotation_keys=2)

@@ -261,6 +261,20 @@ def test_latency_square_chain_over_the_network(trained_zoo, digits) -> None:
     assert torch.equal(y.argmax(1), ref.argmax(1)) and float((y - ref).abs().max()) < 1.0  # logits up to ~90
 
 
+def test_a_capped_key_upload_over_the_network() -> None:
+    """The server's rotation-key cap reaches the client: it uploads only those keys, and the answers agree."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.Linear(24, 3)).eval()
+    x = torch.rand(3, 40)
+    with HEServer.from_model(model, x[:1], calibration=x, rotation_keys=1) as server:
+        assert len(server.program.published.rotation_steps) == 1
+        with HEClient(server.address) as client:
+            y = client.predict(x)
+            assert client.cipher.keys.rotation_steps == server.program.published.rotation_steps
+    with torch.no_grad():
+        assert float((y - model(x)).abs().max()) < 1e-3
+
+
 # -- the client's own refusals ------------------------------------------------------------------
 
 class _FakeServer:

@@ -47,7 +47,8 @@ from secure_infer.graph import Conversion, Graph
 
 MODES = ("latency", "batch")
 _OPTIONS = {"mode", "calibration", "poly_degree", "poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits",
-            "margin", "workers", "encrypt_on", "schedule", "tolerance", "packing"}
+            "margin", "workers", "encrypt_on", "schedule", "tolerance", "packing",
+            "rotation_keys"}
 NOISE_ALLOWANCE = 10.0
 """The worst-case bound allows for this many times the CKKS rounding noise measured on the calibration data."""
 SCHEDULES = ("levels", "square-chain")
@@ -62,7 +63,8 @@ class TensealProgram(Program):
                  calibration: torch.Tensor | None = None, poly_degree: int | None = None,
                  poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: list[int] | None = None,
                  scale_bits: int | None = None, margin: float = 0.1, workers: int = 1, encrypt_on: str = "caller",
-                 schedule: str | None = None, tolerance: float | None = None, packing: str = "auto") -> None:
+                 schedule: str | None = None, tolerance: float | None = None, packing: str = "auto",
+                 rotation_keys: int | None = None) -> None:
         """``schedule``: ``"levels"`` (one prime per multiplication: most precise) or ``"square-chain"``
         (each affine layer shares the next square's prime: fewer primes, faster, smaller keys, weights
         encoded at 2^15-2^17). Default: the square chain in batch mode, where weights are scalars and
@@ -76,6 +78,15 @@ class TensealProgram(Program):
         a diagonal product with rotations (the published layout then shows the
         first layer's kernel size, stride and padding, never a weight);
         ``"dense"`` publishes layer widths only.
+
+        ``rotation_keys`` (latency mode): at most this many Galois keys, for a
+        client whose upload is tight. Each is as large as the relinearization
+        key (1.65 MB at N=8192 with six data primes), and by default the plan
+        asks for one per rotation step it uses (nine on the TenSEAL tutorial
+        ConvNet: 16.6 MB in all). With fewer, the cheapest set by the cost model
+        is kept and every other rotation is composed of them, one key switch
+        each, so inference slows: on the tutorial net, 4 keys (8.3 MB in all)
+        took 1.36x the time of nine, 3 keys (6.6 MB) 2.2x (2 cores, measured).
 
         ``workers`` (batch mode): a call of several blocks runs them on that many
         spawned processes. ``encrypt_on="caller"`` (default): the workers hold the
@@ -99,6 +110,10 @@ class TensealProgram(Program):
         if schedule == "square-chain" and (coeff_mod_bit_sizes is not None or scale_bits is not None):
             raise ParameterError("schedule='square-chain' chooses its own primes and scales: drop "
                                  "coeff_mod_bit_sizes/scale_bits, or use schedule='levels'")
+        if rotation_keys is not None and (isinstance(rotation_keys, bool) or not isinstance(rotation_keys, int)
+                                          or rotation_keys < 1 or mode != "latency"):
+            raise ParameterError(f"rotation_keys must be a whole number >= 1 in mode='latency' (batch mode rotates "
+                                 f"nothing), got {rotation_keys!r} in mode={mode!r}")
         if packing not in PACKINGS:
             raise ParameterError(f"packing must be one of {PACKINGS}, got {packing!r}")
         _check_workers(workers, mode)
@@ -164,7 +179,7 @@ class TensealProgram(Program):
         if mode == "latency":
             self.plan: LatencyPlan | BatchPlan = LatencyPlan(self.compiled, None, slots, self.weight_bits,
                                                              len(self.params.coeff_mod_bit_sizes) - 1,
-                                                             taps=packing == "auto")
+                                                             taps=packing == "auto", max_rotation_keys=rotation_keys)
             steps = tuple(sorted(self.plan.rotation_steps))
         else:
             self.plan = BatchPlan(self.compiled, None, slots, self.weight_bits)
@@ -412,7 +427,9 @@ class TensealProgram(Program):
                                          else "one input per slot (SIMD), one ciphertext per feature"),
             "parameters": self.params.describe(),
             "public key material": keys,
-            "rotation keys": str(list(self.published.rotation_steps)),
+            "rotation keys": str(list(self.published.rotation_steps)) + (
+                f" (capped at {len(self.plan.key_steps)}: the other rotations the plan makes are composed of these)"
+                if isinstance(self.plan, LatencyPlan) and self.plan.key_steps else ""),
             "depth": f"{self.levels_used} used of {self.params.depth}" + (
                 f" (square chain: each affine layer shares its square's rescale, weights at 2^{self.weight_bits}"
                 " or finer)" if self.weight_bits else ""),

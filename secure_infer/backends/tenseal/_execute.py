@@ -56,6 +56,7 @@ would give).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,21 @@ class _Ops:
 
     def new(self) -> Any:
         return _seal().Ciphertext()
+
+    def rotate(self, ct: Any, step: int, keys: tuple[int, ...], out: Any | None = None) -> Any:
+        """``ct`` rotated left by ``step`` slots with the Galois keys of ``keys`` only (a missing
+        step is a sum of present ones, largest first: see :func:`compose`); into ``out`` when given."""
+        galois = self.server.keys.galois_keys
+        parts = compose(step, keys)
+        if out is None:
+            out = ct
+            for k in parts:
+                self.ev.rotate_vector_inplace(out, k, galois)
+            return out
+        self.ev.rotate_vector(ct, parts[0], galois, out)
+        for k in parts[1:]:
+            self.ev.rotate_vector_inplace(out, k, galois)
+        return out
 
     # -- encoding -----------------------------------------------------------------
 
@@ -312,6 +328,21 @@ MAX_TAP_CIPHERTEXTS = 8
 """The tap packing sends at most this many ciphertexts per input (upload grows with each)."""
 
 
+def compose(step: int, keys: tuple[int, ...]) -> list[int]:
+    """``step`` as a sum of rotation ``keys``, largest first (every step the planner uses is a
+    power of two, and ``keys`` always holds the smallest, so the sum is exact)."""
+    if not keys or step in keys:
+        return [step]
+    parts, left = [], step
+    for k in sorted(keys, reverse=True):
+        while left >= k:
+            parts.append(k)
+            left -= k
+    if left:
+        raise ValueError(f"rotation by {step} is not a sum of the rotation keys {sorted(keys)}")
+    return parts
+
+
 def _giant(diagonals: int) -> int:
     return min(pow2(math.isqrt(diagonals - 1) + 1), diagonals) if diagonals > 1 else 1
 
@@ -420,8 +451,9 @@ class LatencyPlan:
     """
 
     def __init__(self, compiled: Compiled, server: ServerContext | None, slots: int, weight_bits: int = 0,
-                 data_primes: int = 0, taps: bool = True) -> None:
-        """``taps``: allow the tap packing, which tells the client the first layer's connectivity."""
+                 data_primes: int = 0, taps: bool = True, max_rotation_keys: int | None = None) -> None:
+        """``taps``: allow the tap packing, which tells the client the first layer's connectivity.
+        ``max_rotation_keys``: at most this many Galois keys; other rotations are composed of them."""
         self.compiled = compiled
         self.slots = slots
         self.weight_bits = weight_bits  # > 0: the square-chain schedule, as in BatchPlan
@@ -458,6 +490,40 @@ class LatencyPlan:
                           if isinstance(stage, PolyStage) and stage.fit is not None}
         out = self.layouts[compiled.output]
         self.output_chunks, self.output_period = out.chunks, out.period
+        self.key_steps: tuple[int, ...] = ()  # () : a Galois key per rotation step
+        if max_rotation_keys is not None and len(self.rotation_steps) > max_rotation_keys:
+            self.key_steps = self._choose_keys(max_rotation_keys)
+            self.rotation_steps = set(self.key_steps)
+
+    def rotation_uses(self) -> dict[int, float]:
+        """Per rotation step, the key switches that rotate by it, weighted by their cost at their level."""
+        uses: dict[int, float] = {}
+        for i, rows in self.affine.items():
+            cost = self._costs(self.stage_level(i))[0]
+            for row in rows:
+                for step in row.fold_steps:
+                    uses[step] = uses.get(step, 0.0) + cost
+                for part in row.parts:
+                    if part.giant > 1:
+                        uses[1] = uses.get(1, 0.0) + cost * (part.giant - 1)
+                    if len(part.blocks) > 1:
+                        uses[part.giant] = uses.get(part.giant, 0.0) + cost * (len(part.blocks) - 1)
+        return uses
+
+    def _choose_keys(self, count: int) -> tuple[int, ...]:
+        """The ``count`` rotation keys (the smallest step among them) that compose every step the
+        plan rotates by with the least weighted key switching."""
+        uses = self.rotation_uses()
+        steps = sorted(uses)
+        smallest, rest = steps[0], steps[1:]
+        best: tuple[float, tuple[int, ...]] | None = None
+        for extra in itertools.combinations(rest, max(0, min(count, len(steps)) - 1)):
+            keys = (smallest, *extra)
+            cost = sum(u * len(compose(s, keys)) for s, u in uses.items())
+            if best is None or cost < best[0]:
+                best = (cost, keys)
+        assert best is not None
+        return tuple(sorted(best[1]))
 
     # -- layouts and levels ---------------------------------------------------------
 
@@ -833,8 +899,7 @@ class LatencyPlan:
             ct = inputs[(first.source, first.chunk)]
             result = ops.tiny(ct, ops.server.prime_at(ct.parms_id()))
         for step in row.fold_steps:
-            rotated = ops.new()
-            ops.ev.rotate_vector(result, step, ops.server.keys.galois_keys, rotated)
+            rotated = ops.rotate(result, step, self.key_steps, ops.new())
             ops.ev.add_inplace(result, rotated)
         if not self.weight_bits:  # a square chain leaves the rescale to the square that follows
             ops.rescale(result)
@@ -855,16 +920,15 @@ class LatencyPlan:
 
     def _diagonal_product(self, ops: _Ops, part: _Part, ct: Any, blocks: list[list[tuple[int, Any]]]) -> Any:
         """matrix @ x by the diagonal method with baby-step/giant-step rotations, not yet folded or rescaled."""
-        ev, keys = ops.ev, ops.server.keys.galois_keys
+        ev, keys = ops.ev, self.key_steps
         babies = {0: ct}
         for b in range(1, part.giant):
-            babies[b] = ops.new()
-            ev.rotate_vector(babies[b - 1], 1, keys, babies[b])
+            babies[b] = ops.rotate(babies[b - 1], 1, keys, ops.new())
         result = None
         for block in reversed(blocks):  # Horner over giant steps: one key for step g
             inner = ops.dot((babies[b], plain) for b, plain in block)
             if result is not None:
-                ev.rotate_vector_inplace(result, part.giant, keys)
+                ops.rotate(result, part.giant, keys)
                 if inner is not None:
                     ev.add_inplace(result, inner)
             else:
