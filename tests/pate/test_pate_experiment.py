@@ -104,6 +104,23 @@ def test_report_files(run):
     assert paths[2].stat().st_size > 1000
 
 
+def test_the_report_compares_the_student_nearest_the_main_epsilon_with_chance():
+    def row(model, eps, loss, lira, accuracy=0.2):
+        return {"model": model, "epsilon": eps, "attacked": 4, "loss_auc": loss, "lira_auc": lira, "accuracy": accuracy}
+
+    report = {"rows": [{"epsilon": 3.7, "epsilon_published": 5.9}],
+              "attacks": {"rows": [row("non-private victim (overfit)", None, 0.69, 0.73, 0.9),
+                                   row("DP-SGD (target epsilon 8)", 8.0, 0.6, 0.6),
+                                   row("PATE student (1x)", 11.5, 0.55, 0.55),
+                                   row("PATE student (3x)", 3.6, 0.512, 0.486)]}}
+    text = " ".join(experiment._attack_summary(report))
+    assert "at epsilon 3.60" in text and "0.014 from chance at most" in text and "0.690 and 0.730" in text
+    report["attacks"]["rows"][-1]["attacked"] = 0  # not attacked: the next nearest stands in
+    assert "at epsilon 11.50" in " ".join(experiment._attack_summary(report))
+    report["attacks"]["rows"] = report["attacks"]["rows"][:2]
+    assert experiment._attack_summary(report) == []
+
+
 def test_plan_errors_name_the_setting():
     data = datasets.load_digits(seed=0)
     with pytest.raises(ParameterError, match="queries=450"):
