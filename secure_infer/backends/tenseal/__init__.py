@@ -86,7 +86,8 @@ class TensealProgram(Program):
         ConvNet: 16.6 MB in all). With fewer, the cheapest set by the cost model
         is kept and every other rotation is composed of them, one key switch
         each, so inference slows: on the tutorial net, 4 keys (8.3 MB in all)
-        took 1.36x the time of nine, 3 keys (6.6 MB) 2.2x (2 cores, measured).
+        took 1.35x the time of nine, 3 keys (6.6 MB) 2.1x (2 cores, measured
+        by ``benchmarks/orion_table.py --rotation-keys 4,3``).
 
         ``workers`` (batch mode): a call of several blocks runs them on that many
         spawned processes. ``encrypt_on="caller"`` (default): the workers hold the

@@ -514,6 +514,8 @@ class LatencyPlan:
         """The ``count`` rotation keys (the smallest step among them) that compose every step the
         plan rotates by with the least weighted key switching."""
         uses = self.rotation_uses()
+        if not uses:
+            return ()
         steps = sorted(uses)
         smallest, rest = steps[0], steps[1:]
         best: tuple[float, tuple[int, ...]] | None = None
