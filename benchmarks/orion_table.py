@@ -196,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=16, help="images per network, schedule and round")
     ap.add_argument("--orion-python", default=os.environ.get("ORION_PYTHON", sys.executable))
     ap.add_argument("--no-batch", action="store_true", help="skip the batch-mode cells")
-    ap.add_argument("--rotation-keys", default="4",
-                    help="comma-separated Galois-key caps to time the default schedule at too ('' for none)")
+    ap.add_argument("--rotation-keys", default="",
+                    help="comma-separated Galois-key caps to time the default schedule at too, e.g. 4,3")
     ap.add_argument("--out", default="orion-table")
     args = ap.parse_args(argv)
-    caps = [int(k) for k in args.rotation_keys.split(",") if k.strip()]
+    caps = sorted({int(k) for k in args.rotation_keys.split(",") if k.strip()}, reverse=True)
+    if any(k < 1 for k in caps):
+        ap.error(f"--rotation-keys: each cap must be >= 1, got {args.rotation_keys!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     calibration = orion_anchor.make_inputs(256, seed=2)

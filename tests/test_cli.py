@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from protocols.cli import app
+from secure_infer import ParameterError
 
 runner = CliRunner()
 
@@ -110,6 +111,13 @@ def test_party_refuses_a_bad_command_line() -> None:
                                  "--role", "model-owner"])
     assert result.exit_code != 0
     assert "rank 1 is the data-owner" in str(result.exception) + result.output
+
+
+def test_serve_refuses_a_bad_rotation_key_cap_before_training() -> None:
+    result = runner.invoke(app, ["serve", "mlp", "--rotation-keys", "0"])
+    assert result.exit_code != 0 and "rotation-keys" in result.output.replace("\n", "")
+    result = runner.invoke(app, ["serve", "mlp", "--mode", "batch", "--rotation-keys", "2"])
+    assert isinstance(result.exception, ParameterError) and "--mode latency only" in str(result.exception)
 
 
 def test_query_names_an_unreachable_server() -> None:

@@ -129,7 +129,7 @@ def serve_command(
         help="levels (most precise) or square-chain (fewer primes: faster, smaller keys; x**2 models only); "
              "default: square-chain in batch mode, levels in latency mode")] = None,
     rotation_keys: Annotated[int | None, typer.Option(
-        help="latency mode: at most this many Galois keys in each client's key upload (other rotations are "
+        min=1, help="latency mode: at most this many Galois keys in each client's key upload (other rotations are "
              "composed of them: smaller upload, slower inference); default: one per rotation step")] = None,
     dataset: Annotated[str | None, typer.Option(help="calibration data (default: the model file's, else digits)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="this server's certificate (PEM), e.g. DIR/server.pem")] = None,
@@ -154,6 +154,9 @@ def serve_command(
     printer = Output()
     if (tls_cert is None) != (tls_key is None):
         raise ParameterError("give --tls-cert and --tls-key together")
+    if rotation_keys is not None and mode != "latency":
+        raise ParameterError(f"--rotation-keys applies to --mode latency only (batch mode rotates nothing), "
+                             f"got --mode {mode}")
     if client_ca is not None and tls_cert is None:
         raise ParameterError("--client-ca (mutual TLS) needs --tls-cert and --tls-key too")
     tls = None
@@ -167,8 +170,9 @@ def serve_command(
 
     z, data = model_from_arg(model, dataset, seed, train)
     run_server(printer, z, data, host=host, port=port, mode=mode, schedule=schedule, rotation_keys=rotation_keys,
-               tls=tls, insecure=insecure, state=state, audit_log=audit_log, max_request_bytes=max_request_mb << 20, idle_timeout=idle_timeout,
-               workers=workers or None, max_concurrent_rpcs=max_concurrent, identity=identity)
+               tls=tls, insecure=insecure, state=state, audit_log=audit_log, max_request_bytes=max_request_mb << 20,
+               idle_timeout=idle_timeout, workers=workers or None, max_concurrent_rpcs=max_concurrent,
+               identity=identity)
 
 
 def query_command(

@@ -542,5 +542,5 @@ def test_bad_rotation_key_caps_are_refused(bad) -> None:
 
 def test_batch_mode_refuses_a_rotation_key_cap() -> None:
     x = torch.rand(2, 4)
-    with pytest.raises(si.ParameterError, match="batch mode rotates nothing"):
+    with pytest.raises(si.ParameterError, match="mode='latency' only"):
         si.wrap(nn.Linear(4, 2), "tenseal", sample_input=x, mode="batch", rotation_keys=2)

@@ -16,7 +16,7 @@ from secure_infer.pate.teachers import TeacherConfig
 
 SMALL = dataclasses.replace(experiment.QUICK, name="test", teachers=30, teacher=TeacherConfig(steps=150), queries=120,
                             curve_points=2, noise_draws=3, mpc_queries=40, student_epochs=40, dp_epsilons=(8.0,),
-                            attack_shadows=2, attack_teachers=10, attack_seeds=(0, 1))
+                            attack_shadows=2, attack_teachers=10, attack_seeds=(0, 1), attack_noise=(1.0, 2.0))
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +108,16 @@ def test_the_report_compares_the_student_nearest_the_main_epsilon_with_chance():
     def row(model, eps, loss, lira, accuracy=0.2):
         return {"model": model, "epsilon": eps, "attacked": 4, "loss_auc": loss, "lira_auc": lira, "accuracy": accuracy}
 
-    report = {"rows": [{"epsilon": 3.7, "epsilon_published": 5.9}],
+    report = {"rows": [{"epsilon": 3.7, "epsilon_published": 5.9, "accuracy": 0.9}],
               "attacks": {"rows": [row("non-private victim (overfit)", None, 0.69, 0.73, 0.9),
                                    row("DP-SGD (target epsilon 8)", 8.0, 0.6, 0.6),
                                    row("PATE student (1x)", 11.5, 0.55, 0.55),
                                    row("PATE student (3x)", 3.6, 0.512, 0.486)]}}
     text = " ".join(experiment._attack_summary(report))
     assert "at epsilon 3.60" in text and "0.014 from chance at most" in text and "0.690 and 0.730" in text
+    assert "learns little" in text  # 0.2 against the main student's 0.9
+    report["attacks"]["rows"][-1]["accuracy"] = 0.88
+    assert "learns little" not in " ".join(experiment._attack_summary(report))
     report["attacks"]["rows"][-1]["attacked"] = 0  # not attacked: the next nearest stands in
     assert "at epsilon 11.50" in " ".join(experiment._attack_summary(report))
     report["attacks"]["rows"] = report["attacks"]["rows"][:2]

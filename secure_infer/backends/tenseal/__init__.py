@@ -111,10 +111,13 @@ class TensealProgram(Program):
         if schedule == "square-chain" and (coeff_mod_bit_sizes is not None or scale_bits is not None):
             raise ParameterError("schedule='square-chain' chooses its own primes and scales: drop "
                                  "coeff_mod_bit_sizes/scale_bits, or use schedule='levels'")
-        if rotation_keys is not None and (isinstance(rotation_keys, bool) or not isinstance(rotation_keys, int)
-                                          or rotation_keys < 1 or mode != "latency"):
-            raise ParameterError(f"rotation_keys must be a whole number >= 1 in mode='latency' (batch mode rotates "
-                                 f"nothing), got {rotation_keys!r} in mode={mode!r}")
+        if rotation_keys is not None:
+            if isinstance(rotation_keys, bool) or not isinstance(rotation_keys, int) or rotation_keys < 1:
+                raise ParameterError(f"rotation_keys must be a whole number >= 1 (the most Galois keys a client "
+                                     f"uploads), got {rotation_keys!r}")
+            if mode != "latency":
+                raise ParameterError(f"rotation_keys applies to mode='latency' only (batch mode rotates nothing): "
+                                     f"drop it, or use mode='latency' (got mode={mode!r})")
         if packing not in PACKINGS:
             raise ParameterError(f"packing must be one of {PACKINGS}, got {packing!r}")
         _check_workers(workers, mode)

@@ -493,7 +493,8 @@ class LatencyPlan:
         self.key_steps: tuple[int, ...] = ()  # () : a Galois key per rotation step
         if max_rotation_keys is not None and len(self.rotation_steps) > max_rotation_keys:
             self.key_steps = self._choose_keys(max_rotation_keys)
-            self.rotation_steps = set(self.key_steps)
+            if self.key_steps:  # () : no smaller set composes every rotation, so every key is kept
+                self.rotation_steps = set(self.key_steps)
 
     def rotation_uses(self) -> dict[int, float]:
         """Per rotation step, the key switches that rotate by it, weighted by their cost at their level."""
@@ -521,10 +522,14 @@ class LatencyPlan:
         best: tuple[float, tuple[int, ...]] | None = None
         for extra in itertools.combinations(rest, max(0, min(count, len(steps)) - 1)):
             keys = (smallest, *extra)
-            cost = sum(u * len(compose(s, keys)) for s, u in uses.items())
+            try:
+                cost = sum(u * len(compose(s, keys)) for s, u in uses.items())
+            except ValueError:  # some step is not a sum of these keys
+                continue
             if best is None or cost < best[0]:
                 best = (cost, keys)
-        assert best is not None
+        if best is None:  # no set of that size composes every step: keep them all
+            return ()
         return tuple(sorted(best[1]))
 
     # -- layouts and levels ---------------------------------------------------------
