@@ -102,14 +102,13 @@ class _Ops:
         """``ct`` rotated left by ``step`` slots with the Galois keys of ``keys`` only (a missing
         step is a sum of present ones, largest first: see :func:`compose`); into ``out`` when given."""
         galois = self.server.keys.galois_keys
-        parts = compose(step, keys)
+        first, *rest = compose(step, keys)
         if out is None:
             out = ct
-            for k in parts:
-                self.ev.rotate_vector_inplace(out, k, galois)
-            return out
-        self.ev.rotate_vector(ct, parts[0], galois, out)
-        for k in parts[1:]:
+            self.ev.rotate_vector_inplace(out, first, galois)
+        else:
+            self.ev.rotate_vector(ct, first, galois, out)
+        for k in rest:
             self.ev.rotate_vector_inplace(out, k, galois)
         return out
 
