@@ -254,7 +254,7 @@ def datasets_cmd() -> None:
     table.add_column("description")
     for name in datasets.available():
         if name == "mnist":
-            desc = "MNIST from local IDX files: --mnist-path FOLDER (not bundled)"
+            desc = "MNIST from local files: --mnist-path FOLDER of IDX files, or mnist.pkl.gz (not bundled)"
         else:
             desc = datasets.load(name).description
         table.add_row(name, desc)
@@ -308,7 +308,7 @@ def fl(
     alpha: Annotated[float, typer.Option(help="Dirichlet label skew; 0 splits IID")] = 0.5,
     model: Annotated[str, typer.Option(help=f"zoo model: {', '.join(zoo.available())}")] = "mlp",
     dataset: Annotated[str, typer.Option(help="digits, or mnist with --mnist-path")] = "digits",
-    mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files")] = None,
+    mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files, or the mnist.pkl.gz file")] = None,
     aggregators: Annotated[int, typer.Option(help="CrypTen aggregator parties: 2 or 3")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -323,7 +323,7 @@ def fl(
         raise typer.BadParameter(f"--model: unknown {model!r}; choose one of {', '.join(zoo.available())}")
     if dataset == "mnist":
         if mnist_path is None:
-            raise typer.BadParameter("--dataset mnist needs --mnist-path FOLDER (the IDX files; nothing is downloaded)")
+            raise typer.BadParameter("--dataset mnist needs --mnist-path: the folder of IDX files or the mnist.pkl.gz file (nothing is downloaded)")
         data = datasets.load_mnist(mnist_path, limit_train=20_000, limit_test=2_000)
     else:
         data = datasets.load(dataset, seed=seed)
@@ -365,7 +365,7 @@ def pate(
                                                             "(default 300 on digits, 1000 on MNIST)")] = None,
     parties: Annotated[int, typer.Option(help="CrypTen silos that count the vote (2 or more)")] = 3,
     dataset: Annotated[str, typer.Option(help="digits, or mnist with --mnist-path")] = "digits",
-    mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files")] = None,
+    mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files, or the mnist.pkl.gz file")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """PATE: teachers, Confident-GNMax counted by CrypTen silos, data-dependent epsilon, DP-SGD beside it, attacked."""
@@ -378,7 +378,7 @@ def pate(
     plan = experiment.QUICK if quick else experiment.FULL
     if dataset == "mnist":
         if mnist_path is None:
-            raise typer.BadParameter("--dataset mnist needs --mnist-path FOLDER (the IDX files; nothing is downloaded)")
+            raise typer.BadParameter("--dataset mnist needs --mnist-path: the folder of IDX files or the mnist.pkl.gz file (nothing is downloaded)")
         data = datasets.load_mnist(mnist_path)
         plan = dataclasses.replace(plan, teachers=250, queries=1000, threshold=0.8, sigma_threshold=0.6,
                                    sigma=0.16)  # the paper's T=200, sigma1=150, sigma2=40 at 250 teachers

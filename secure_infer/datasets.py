@@ -1,7 +1,8 @@
 """Data sets that work without a network.
 
 Everything here ships inside an installed package (scikit-learn's digits and
-breast cancer) or is read from files the user names (MNIST in IDX format).
+breast cancer) or is read from files the user names (MNIST as IDX files or the
+classic `mnist.pkl.gz`).
 :func:`mnist_shaped` makes generated inputs for timing only: HE and MPC cost
 does not depend on pixel values, so they measure speed honestly, but they
 have no meaningful labels, and every :class:`Dataset` they produce says so.
@@ -12,9 +13,11 @@ Splits are stratified and deterministic for a given ``seed``.
 from __future__ import annotations
 
 import gzip
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,16 +173,71 @@ def _find_idx(root: Path, stem: str) -> Path:
     )
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and tuples of them, and refuses every other class.
+
+    A pickle can run code when it is loaded; this one can only rebuild arrays.
+    """
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array")
+        return super().find_class(module, name)
+
+
+def _pixels_as_bytes(x: np.ndarray, where: str) -> np.ndarray:
+    # The pickle stores byte/256 (deeplearning.net) or byte/255; recover the bytes so both formats load alike.
+    for scale in (256.0, 255.0):
+        raw = np.asarray(x, dtype=np.float64) * scale
+        whole = np.round(raw)
+        if np.abs(raw - whole).max() < 1e-3 and whole.min() >= 0 and whole.max() <= 255:  # float32 rounding
+            return whole.astype(np.uint8)
+    raise DatasetError(f"MNIST pickle {where}: pixels are not whole multiples of 1/256 or 1/255")
+
+
+def _read_mnist_pickle(path: Path) -> dict[str, np.ndarray]:
+    """The classic ``mnist.pkl.gz``: (train, validation, test), each (pixels, labels); train + validation
+    is MNIST's 60,000-image training set."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            parts = _ArraysOnly(fh, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise DatasetError(f"MNIST pickle {path} could not be read: {exc}") from exc
+    if (not isinstance(parts, tuple) or len(parts) != 3
+            or not all(isinstance(p, tuple) and len(p) == 2 for p in parts)):
+        raise DatasetError(f"MNIST pickle {path} is not (train, validation, test), each (pixels, labels)")
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
+    x = [_pixels_as_bytes(a, f"{path}") for a in (x_tr, x_va, x_te)]
+    if any(a.ndim != 2 or a.shape[1] != 28 * 28 for a in x):
+        raise DatasetError(f"MNIST pickle {path}: images must be rows of 784 pixels")
+    return {"x_train": np.concatenate(x[:2]).reshape(-1, 28, 28),
+            "y_train": np.concatenate([np.asarray(y_tr), np.asarray(y_va)]).astype(np.uint8),
+            "x_test": x[2].reshape(-1, 28, 28), "y_test": np.asarray(y_te).astype(np.uint8)}
+
+
 def load_mnist(path: str | Path, *, limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
-    """MNIST from the four local IDX files (plain or ``.gz``) in folder ``path``.
+    """MNIST from local files: a folder with the four IDX files (plain or ``.gz``), or the classic
+    ``mnist.pkl.gz`` file (train + validation become the 60,000 training images).
 
     Pixels are scaled to [0, 1] and shaped ``(1, 28, 28)``. Uses the official
-    train/test split; ``limit_*`` keep the first rows for quick runs.
+    train/test split; ``limit_*`` keep the first rows for quick runs. The
+    pickle is read with an unpickler that builds numpy arrays and nothing
+    else, so a tampered file cannot run code.
     """
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"MNIST folder {root} does not exist; pass the folder holding the IDX files")
-    arrays = {key: _read_idx(_find_idx(root, stem)) for key, stem in _MNIST_FILES.items()}
+    if root.is_file():
+        arrays = _read_mnist_pickle(root)
+    elif root.is_dir():
+        arrays = {key: _read_idx(_find_idx(root, stem)) for key, stem in _MNIST_FILES.items()}
+    else:
+        raise DatasetError(f"MNIST path {root} does not exist; pass the folder holding the IDX files "
+                           "or the mnist.pkl.gz file")
     for split in ("train", "test"):
         if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
             raise DatasetError(f"MNIST {split} images and labels differ in count in {root}")

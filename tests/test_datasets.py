@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
 from pathlib import Path
 
@@ -121,3 +122,46 @@ def test_load_inputs_from_specs_and_files(tmp_path) -> None:
                          (str(tmp_path / "none.npy"), "neither a file")):
         with pytest.raises((ParameterError, DatasetError), match=message):
             load_inputs(bad)
+
+
+def _write_mnist_pickle(path: Path, scale: float, rng: np.random.Generator) -> list[np.ndarray]:
+    parts = [(rng.integers(0, 256, (n, 784)), np.arange(n) % 10) for n in (3, 2, 4)]
+    with gzip.open(path, "wb") as fh:
+        pickle.dump(tuple((x.astype(np.float32) / scale, y.astype(np.int64)) for x, y in parts), fh)
+    return [x for x, _ in parts]
+
+
+@pytest.mark.parametrize("scale", [256.0, 255.0])
+def test_mnist_reads_the_classic_pickle_as_the_idx_files_would(tmp_path: Path, scale: float) -> None:
+    rng = np.random.default_rng(1)
+    raw = _write_mnist_pickle(tmp_path / "mnist.pkl.gz", scale, rng)
+    mnist = datasets.load_mnist(tmp_path / "mnist.pkl.gz")
+    # train + validation are MNIST's training set; pixels come back as the IDX bytes / 255
+    assert mnist.x_train.shape == (5, 1, 28, 28) and mnist.x_test.shape == (4, 1, 28, 28)
+    assert mnist.y_train.tolist() == [0, 1, 2, 0, 1] and mnist.y_test.tolist() == [0, 1, 2, 3]
+    expected = np.concatenate(raw[:2]).reshape(5, 1, 28, 28) / 255.0
+    assert np.allclose(mnist.x_train.numpy(), expected, atol=1e-7)
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("this must never run",))
+
+
+def test_mnist_pickle_that_would_run_code_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mnist.pkl"
+    path.write_bytes(pickle.dumps(((_Payload(), 0), (0, 0), (0, 0))))
+    with pytest.raises(DatasetError, match="not a numpy array"):
+        datasets.load_mnist(path)
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_mnist_pickle_with_other_pixels_or_layout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mnist.pkl"
+    path.write_bytes(pickle.dumps(np.zeros(3)))
+    with pytest.raises(DatasetError, match="train, validation, test"):
+        datasets.load_mnist(path)
+    x = np.full((2, 784), 0.3, dtype=np.float64)  # 0.3 * 256 and 0.3 * 255 are not whole bytes
+    path.write_bytes(pickle.dumps(tuple((x, np.zeros(2, dtype=np.int64)) for _ in range(3))))
+    with pytest.raises(DatasetError, match="multiples"):
+        datasets.load_mnist(path)
