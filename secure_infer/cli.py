@@ -381,7 +381,8 @@ def pate(
             raise typer.BadParameter("--dataset mnist needs --mnist-path: the folder of IDX files or the mnist.pkl.gz file (nothing is downloaded)")
         data = datasets.load_mnist(mnist_path)
         plan = dataclasses.replace(plan, teachers=250, queries=1000, threshold=0.8, sigma_threshold=0.6,
-                                   sigma=0.16)  # the paper's T=200, sigma1=150, sigma2=40 at 250 teachers
+                                   sigma=0.16, aggregator_from="Papernot et al. 2018's for MNIST (T=200, "
+                                   "sigma1=150, sigma2=40 at 250 teachers)")
     else:
         data = datasets.load(dataset, seed=seed)
     plan = dataclasses.replace(plan, teachers=plan.teachers if teachers is None else teachers,

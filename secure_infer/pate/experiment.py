@@ -86,6 +86,8 @@ class PatePlan:
     attack_seeds: tuple[int, ...] = tuple(range(8))  # independent member sets; the report averages over them
     attack_noise: tuple[float, ...] = (1.0, 2.0, 3.0)  # PATE students in the attack setting, noise relative to the main run
     seed: int = 0
+    # where the aggregator's settings came from; empty: chosen on this split (the digits defaults above)
+    aggregator_from: str = ""
 
     def __post_init__(self) -> None:
         for name in ("teachers", "queries", "curve_points", "noise_draws", "student_epochs", "attack_members", "attack_non_members",
@@ -408,6 +410,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _release_tuning(plan: dict[str, Any]) -> str:
+    if plan.get("aggregator_from"):
+        return ("The release settings were chosen on a digits split, not on this data (a deployment fixes them "
+                "from other data, or the noise scale discloses the votes).")
+    return ("The release settings were chosen on this split, like the aggregator's (a deployment fixes them from "
+            "other data, or the noise scale discloses the votes).")
+
+
+def _aggregator_tuning(plan: dict[str, Any]) -> str:
+    if plan.get("aggregator_from"):
+        return (f"The aggregator's settings are {plan['aggregator_from']}, fixed before this run saw the data, so "
+                "no choice made here is missing from the epsilon.")
+    return ("The aggregator's settings were chosen on this split with the public inputs' true labels and the "
+            "private votes in view (the most answers with label accuracy >= 0.95 at epsilon <= 4); a real "
+            "deployment would tune on other data, and that choice is not in the epsilon.")
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write report.json, report.md and accuracy_vs_epsilon.png into ``out_dir``; returns the paths."""
     out = Path(out_dir)
@@ -451,7 +470,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
                   "self-training: the declined public inputs its predecessor labels with confidence at least "
                   f"{plan['student_confidence']:g} join the answers, and a fresh student trains on both with the "
                   "same number of optimizer steps. It reads only public inputs and released labels: "
-                  "post-processing, no privacy cost. The setting was chosen on the evaluation accuracy of three data "
+                  "post-processing, no privacy cost. The setting was chosen on the evaluation accuracy of three digits "
                   "splits (five noise draws each): one round gave +1.3 to +3.5 points of mean accuracy."]
     lines += ["", "Epsilon is for whoever sees the released labels (the student, anyone outside the silos), at the "
               f"noise they carry: the silos' shares add up to {report['rows'][0]['released_noise']}. It is the "
@@ -464,17 +483,14 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               f"times a {plan['smooth_beta']:g}-smooth bound on its sensitivity to the votes, plus what that "
               "release costs (Theorem 23); one seeded draw. The noise's standard deviation in brackets is a "
               "diagnostic computed from the votes, as is the data-dependent column: an experiment may show them, "
-              "a deployment publishes only the published figure. The release settings were chosen on this split, "
-              "like the aggregator's (a deployment fixes them from other data, or the noise scale discloses the "
-              "votes). The data-independent column needs no such step; whoever reads the report may take the "
+              "a deployment publishes only the published figure. "
+              f"{_release_tuning(plan)} The data-independent column needs no such step; whoever reads the report may take the "
               f"smaller of the two. Published, the figure also costs a curious silo: "
               f"{_fmt(report['rows'][0]['epsilon_silo_published'])} instead of "
               f"{_fmt(report['rows'][0]['epsilon_silo'])} for the first row. A curious silo knows its own "
               f"noise share: what it is guaranteed is data-independent, at the noise that no {plan['colluders']} silo(s) "
-              "knows together. The aggregator's settings were chosen on this split with the public inputs' true labels and "
-              "the private votes in view (the most answers with label accuracy >= 0.95 at epsilon <= 4); a real "
-              "deployment would tune on other data, and that choice is not in the epsilon. Accuracy is over "
-              f"{report['eval_examples']} examples: one example is {1 / report['eval_examples']:.3f}.", ""]
+              f"knows together. {_aggregator_tuning(plan)} Accuracy is over "
+              f"{report['eval_examples']} examples: one example is {1 / report['eval_examples']:.2g}.", ""]
     mpc = report["mpc"]
     lines += ["## The vote counted under MPC", ""]
     if "error" in mpc:

@@ -104,6 +104,16 @@ def test_report_files(run):
     assert paths[2].stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_the_report_says_where_the_aggregator_settings_came_from(run, tmp_path):
+    report, _, paths = run
+    assert "chosen on this split with the public inputs' true labels" in paths[1].read_text()
+    fixed = {**report, "plan": {**report["plan"], "aggregator_from": "the paper's (T=200)"}}
+    text = experiment.write_report(fixed, tmp_path)[1].read_text()
+    assert "settings are the paper's (T=200), fixed before this run saw the data" in text
+    assert "chosen on this split" not in text and "release settings were chosen on a digits split" in text
+
+
 def test_the_report_compares_the_student_nearest_the_main_epsilon_with_chance():
     def row(model, eps, loss, lira, accuracy=0.2):
         return {"model": model, "epsilon": eps, "attacked": 4, "loss_auc": loss, "lira_auc": lira, "accuracy": accuracy}
