@@ -32,12 +32,45 @@ def trained_zoo(digits: datasets.Dataset) -> dict[str, zoo.ZooModel]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _leave_out_slow_tests_from_a_plain_run(config, items)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA; this machine has no CUDA device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def _leave_out_slow_tests_from_a_plain_run(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A plain ``pytest`` is the unit suite: tests marked slow are deselected (and counted as such).
+
+    ``pytest -m slow`` runs just them; naming a folder, file or test (``pytest tests``) runs it whole.
+    """
+    if config.option.markexpr or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]
+
+
+# The unit suite (a plain ``pytest``) leaves out tests marked slow; CI runs them in a second pass (``pytest -m slow``).
+# A test that takes longer than this without the mark makes the unit suite slow, and is named at the end.
+SLOW_SECONDS = 5.0
+_unmarked_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "slow" not in report.keywords:
+        _unmarked_seconds[report.nodeid] = _unmarked_seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    over = sorted(((s, n) for n, s in _unmarked_seconds.items() if s > SLOW_SECONDS), reverse=True)
+    if over:
+        terminalreporter.section(f"tests over {SLOW_SECONDS:g} s without the slow mark (mark them, or make them faster)")
+        for seconds, nodeid in over:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")
 
 
 # SEAL/TenSEAL/secure-infer types that are, or hold, a secret key (an Encryptor may be a symmetric one)

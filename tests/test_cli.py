@@ -33,6 +33,7 @@ def test_each_subcommand_has_help() -> None:
         assert result.exit_code == 0, (sub, result.output)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(600)
 def test_demo_reports_accuracy(tmp_path: Path) -> None:
@@ -61,6 +62,7 @@ def test_zoo_train_saves_a_loadable_model(tmp_path: Path) -> None:
     assert "not measured" in result.output or "cuda" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
 def test_serve_and_query_from_the_command_line(tmp_path: Path) -> None:
@@ -127,6 +129,7 @@ def test_query_names_an_unreachable_server() -> None:
     assert isinstance(result.exception, ProtocolError) and "cannot reach the server" in str(result.exception)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
 def test_demo_he_and_mpc(tmp_path: Path) -> None:

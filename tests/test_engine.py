@@ -56,6 +56,7 @@ def test_local_engine_runs_blocks_in_spawned_workers_built_once() -> None:
     assert again[0].result[1] in pids
 
 
+@pytest.mark.slow
 def test_a_lost_worker_costs_time_not_answers(tmp_path: Path) -> None:
     spec = Doubler(offset=0, die_on=3, marker=str(tmp_path / "died"))
     with LocalEngine(2) as engine:

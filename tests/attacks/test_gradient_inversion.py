@@ -84,6 +84,7 @@ def test_labels_come_from_the_last_layer(untrained_mlp, trained_zoo, digits) -> 
     )  # no 10-way linear layer: nothing to read
 
 
+@pytest.mark.slow
 def test_a_batch_of_four_is_recovered_with_its_labels(untrained_mlp, digits) -> None:
     """Batch 4, untrained MLP: SSIM ~1.0 (a trained MLP gets ~0.5, labels 50-60%: reported only)."""
     x, y = digits.x_test[20:24], digits.y_test[20:24]
@@ -102,6 +103,7 @@ def test_a_batch_of_four_is_recovered_with_its_labels(untrained_mlp, digits) -> 
         )
 
 
+@pytest.mark.slow
 def test_without_a_readable_last_layer_labels_are_optimised_jointly(digits) -> None:
     """DLG's original joint label optimisation, for a model whose logits come from a convolution."""
     with torch.random.fork_rng():

@@ -54,6 +54,7 @@ def test_plaintext_view_reveals_the_label(clients) -> None:
     assert result.accuracy > 0.8 and result.z_above_chance > 10 and result.reconstruction_r2 > 0.95
 
 
+@pytest.mark.slow
 def test_ciphertexts_are_at_chance(clients, ciphertexts) -> None:
     x, y, inputs = clients
     view, again = ciphertexts
@@ -63,6 +64,7 @@ def test_ciphertexts_are_at_chance(clients, ciphertexts) -> None:
     assert result.z_above_chance < 4 and result.reconstruction_r2 < 0.1  # 4 standard errors: not a flaky bound
 
 
+@pytest.mark.slow
 def test_the_attack_finds_an_input_hidden_in_ciphertext_bytes(clients, ciphertexts) -> None:
     """Positive control: a "ciphertext" whose first 64 bytes carry the input, among ~4,000 random ones.
 
@@ -77,6 +79,7 @@ def test_the_attack_finds_an_input_hidden_in_ciphertext_bytes(clients, ciphertex
     assert result.accuracy > 0.4 and result.z_above_chance > 8 and result.reconstruction_r2 > 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_mpc_shares_are_at_chance(clients) -> None:
     x, y, inputs = clients

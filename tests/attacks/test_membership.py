@@ -15,6 +15,7 @@ def victim(digits):
     return overfit_victim(digits, members=50, epochs=300)
 
 
+@pytest.mark.slow
 def test_loss_attack_finds_members_of_an_overfit_model(victim, digits) -> None:
     model, members = victim
     non_members = (digits.x_test[:50], digits.y_test[:50])
@@ -76,6 +77,7 @@ def attacker(victim, digits):
     return ShadowModels.train(pool, victim_trainer(digits), count=3, size=50, seed=1)
 
 
+@pytest.mark.slow
 def test_shadow_and_lira_attacks_beat_chance(victim, digits, attacker) -> None:
     from secure_infer.attacks import lira_offline, shadow_model_attack
 

@@ -9,6 +9,8 @@ import pytest
 
 from secure_infer.attacks import suite
 
+pytestmark = pytest.mark.slow  # the module fixture runs the whole suite on a tiny configuration
+
 TINY = suite.SuiteConfig(members=50, non_members=60, epochs=200, shadows=2, budgets=(20, 60), inversion_steps=15,
                          dp_epsilons=(8.0,), backends=("crypten", "tenseal"), privacy_inputs=150,
                          tenseal_degree=2, budget_caps=(20,))

@@ -143,7 +143,7 @@ def test_layer_agrees_with_plaintext(case) -> None:
         assert torch.allclose(y, model(x).detach(), atol=tol)
 
 
-@pytest.mark.parametrize("name", zoo.available())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n == "vit" else []) for n in zoo.available()])
 def test_zoo_models_agree(trained_zoo, digits, name: str) -> None:
     z = trained_zoo[name]
     x = digits.x_test[:32]

@@ -111,6 +111,7 @@ def test_pool_stays_up_across_calls(lenet_two_parties, digits) -> None:
     assert "2 party processes" in str(lenet_two_parties.report())
 
 
+@pytest.mark.slow
 def test_three_parties_with_dealer(mlp, digits) -> None:
     z = mlp
     x = digits.x_test[:8]
@@ -194,6 +195,7 @@ def test_party_killed_mid_call_is_reported_from_its_exit_not_by_a_peer(logreg_po
         logreg_pool.run(digits.x_test[:4])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_hung_party_is_reported_within_the_timeout_and_every_party_is_stopped(logreg_pool, digits) -> None:
     pids = logreg_pool.pids
@@ -229,6 +231,7 @@ def test_weightless_copy_holds_no_weights(lenet, digits) -> None:
     assert any(p.abs().sum() > 0 for n in g.nodes if n.module is not None for p in n.module.parameters())
 
 
+@pytest.mark.slow
 def test_a_rendezvous_port_taken_before_rank_0_listens_costs_a_restart(digits, monkeypatch) -> None:
     from secure_infer.backends.crypten import _pool
 

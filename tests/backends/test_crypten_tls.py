@@ -211,6 +211,7 @@ def test_two_parties_compute_over_tls_and_the_wire_carries_only_ciphertext(pki: 
     assert not seen, f"in the clear on the wire: {seen}"
 
 
+@pytest.mark.slow
 def test_three_parties_compute_over_tls(pki: Path) -> None:
     got = _run_parties(pki, _peers(3), [None, None, None])
     for rank in range(3):

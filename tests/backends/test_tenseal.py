@@ -48,7 +48,8 @@ def _init(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=[pytest.mark.slow] if c[0] == "wide-linear-3000" else [])
+                                  for c in CASES])
 def test_exact_layers_agree_in_both_modes(case) -> None:
     _, make, shape, tol = case
     torch.manual_seed(1)
@@ -85,6 +86,7 @@ def test_square_cnn_on_digits_both_modes(trained_zoo, digits) -> None:
     assert torch.allclose(outs["latency"], outs["batch"][:8], atol=0.1)
 
 
+@pytest.mark.slow
 def test_relu_is_replaced_and_reported(trained_zoo, digits) -> None:
     z = trained_zoo["mlp"]
     enc = si.wrap(z.model, "tenseal", sample_input=digits.x_test[:1], mode="batch", calibration=digits.x_train,
@@ -205,6 +207,7 @@ def test_overflow_is_detected_before_garbage() -> None:
     assert enc.last_run.max_abs_error < 1e-1 * abs(float(y))
 
 
+@pytest.mark.slow
 def test_input_wider_than_any_ring_is_split_across_ciphertexts() -> None:
     """20,000 inputs exceed the 16,384 slots of the largest ring: latency mode splits them, not refuses."""
     torch.manual_seed(0)
@@ -394,6 +397,7 @@ def test_outputs_wider_than_a_ciphertext_are_split() -> None:
         assert float((enc(x) - hidden(x)).abs().max()) < 1e-3
 
 
+@pytest.mark.slow
 def test_batch_workers_evaluate_blocks_in_worker_processes_and_agree() -> None:
     model = _square_net()
     x = torch.rand(4100, 1, 8, 8)
@@ -512,6 +516,7 @@ def test_composed_rotations_use_the_fewest_key_switches_the_keys_allow() -> None
         compose(3, (2, 8))
 
 
+@pytest.mark.slow
 def test_capped_rotation_keys_compose_the_rest_and_agree() -> None:
     """Fewer Galois keys: a smaller upload, the other rotations composed of the kept ones, same outputs."""
     model, x = _small_lola(1), torch.rand(6, 1, 12, 12)

@@ -83,6 +83,7 @@ def mlp_he(trained_zoo, digits):
     enc.close()
 
 
+@pytest.mark.slow
 def test_zoo_mlp_is_accurate_on_the_whole_test_split(mlp_he, digits) -> None:
     model, enc = mlp_he
     compiled = enc.program.compiled
@@ -104,6 +105,7 @@ def test_zoo_mlp_is_accurate_on_the_whole_test_split(mlp_he, digits) -> None:
     assert np.all(fitted.center + fitted.radius >= middle + half - 1e-9)
 
 
+@pytest.mark.slow
 def test_no_accepted_input_breaks_the_bound_or_flips_the_argmax_unannounced(mlp_he) -> None:
     model, enc = mlp_he
     compiled = enc.program.compiled
@@ -125,6 +127,7 @@ def test_no_accepted_input_breaks_the_bound_or_flips_the_argmax_unannounced(mlp_
     assert float((y.double().numpy() - plain[worst]).__abs__().max()) <= enc.program.worst_case_error
 
 
+@pytest.mark.slow
 def test_bounds_hold_through_several_layers_and_a_residual() -> None:
     class Net(nn.Module):
         def __init__(self) -> None:

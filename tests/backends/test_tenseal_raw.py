@@ -89,6 +89,7 @@ def test_batch_mode_gives_the_same_ciphertexts_as_seal(schedule: str, monkeypatc
         assert float((program(x) - model(x)).abs().max()) < 5e-2
 
 
+@pytest.mark.slow
 def test_the_reference_network_in_batch_mode_agrees_with_plaintext() -> None:
     torch.manual_seed(0)
     model = zoo.build("cryptonets", (1, 28, 28), 10).eval()

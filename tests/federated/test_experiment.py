@@ -49,6 +49,7 @@ def test_a_tiny_comparison_trains_attacks_and_writes_the_report(tmp_path: Path) 
     assert json.loads((tmp_path / "report.json").read_text())["runs"][1]["epsilon"] == dp["epsilon"]
 
 
+@pytest.mark.slow
 def test_a_failing_run_becomes_a_row_and_the_rest_is_still_reported(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(config, data, **_):  # type: ignore[no-untyped-def]

@@ -58,6 +58,7 @@ def test_client_gets_the_models_answers(served, digits) -> None:
     assert stats.bytes_up + stats.bytes_down < client.key_upload_bytes  # per query far below the key upload
 
 
+@pytest.mark.slow
 def test_batch_mode_server(trained_zoo, digits) -> None:
     model = trained_zoo["mlp"].model
     with HEServer.from_model(model, digits.x_train[:1], calibration=digits.x_train, mode="batch",

@@ -65,6 +65,7 @@ def lenet_file(lenet, tmp_path_factory) -> Path:
     return zoo.save_model(lenet, tmp_path_factory.mktemp("model") / "lenet.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(400)
 def test_three_parties_infer_and_only_the_data_owner_learns_the_output(lenet, digits, lenet_file, tmp_path) -> None:
@@ -105,6 +106,7 @@ def _parts(tmp_path: Path, split: str, parties: int) -> tuple[dict[int, dict], o
 PUBLIC_SUMMARY = {"split", "rows", "features", "classes", "data_owners"}
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize(("split", "parties"), [("rows", 3), ("features", 2)])
@@ -194,6 +196,7 @@ def two_hosts():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(400)
 def test_parties_on_separate_hosts(two_hosts, lenet, digits, lenet_file, tmp_path) -> None:

@@ -66,6 +66,7 @@ def test_party_help_documents_the_tls_options() -> None:
     assert "secure-infer certs" in text
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.timeout(300)
 def test_two_parties_infer_over_tls(digits, pki: Path, tmp_path: Path) -> None:
