@@ -380,9 +380,10 @@ def pate(
         if mnist_path is None:
             raise typer.BadParameter("--dataset mnist needs --mnist-path: the folder of IDX files or the mnist.pkl.gz file (nothing is downloaded)")
         data = datasets.load_mnist(mnist_path)
+        paper = "Papernot et al. 2018's Confident-GNMax settings for MNIST (T=200, sigma1=150, sigma2=40"
+        source = f"{paper} at 250 teachers)" if teachers in (None, 250) else f"{paper}, scaled to {teachers} teachers)"
         plan = dataclasses.replace(plan, teachers=250, queries=1000, threshold=0.8, sigma_threshold=0.6,
-                                   sigma=0.16, aggregator_from="Papernot et al. 2018's for MNIST (T=200, "
-                                   "sigma1=150, sigma2=40 at 250 teachers)")
+                                   sigma=0.16, aggregator_from=source)
     else:
         data = datasets.load(dataset, seed=seed)
     plan = dataclasses.replace(plan, teachers=plan.teachers if teachers is None else teachers,

@@ -173,25 +173,55 @@ def _find_idx(root: Path, stem: str) -> Path:
     )
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    # Python 3 pickles of numpy arrays at protocols 0-2 store the array's bytes as _codecs.encode(text, "latin1")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only for latin1 array data")
+    return text.encode("latin1")
+
+
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles numpy arrays and tuples of them, and refuses every other class.
 
     A pickle can run code when it is loaded; this one can only rebuild arrays.
     """
 
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
-        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-        for name in ("_reconstruct", "scalar")
+    _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+        (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+        for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) not in self._NUMPY:
             raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array")
         return super().find_class(module, name)
 
 
+_MNIST_ROWS = 70_000  # all of MNIST; a part claiming more is not MNIST (and is not allocated)
+
+
+def _mnist_part(part: object, name: str, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One (pixels, labels) part, checked before any conversion allocates memory."""
+    if not isinstance(part, tuple) or len(part) != 2:
+        raise DatasetError(f"MNIST pickle {where}: the {name} part is not (pixels, labels)")
+    x, y = part
+    if (not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != 28 * 28 or not 0 < x.shape[0] <= _MNIST_ROWS
+            or x.dtype.kind not in "fu"):
+        raise DatasetError(f"MNIST pickle {where}: the {name} pixels must be an array of up to {_MNIST_ROWS} "
+                           "rows of 784 numbers")
+    if not isinstance(y, np.ndarray) or y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
+        raise DatasetError(f"MNIST pickle {where}: the {name} labels must be {x.shape[0]} integers, one per image")
+    if y.min() < 0 or y.max() > 9:
+        raise DatasetError(f"MNIST pickle {where}: the {name} labels must be digits 0-9")
+    return _pixels_as_bytes(x, f"{where} ({name})"), y.astype(np.uint8)
+
+
 def _pixels_as_bytes(x: np.ndarray, where: str) -> np.ndarray:
     # The pickle stores byte/256 (deeplearning.net) or byte/255; recover the bytes so both formats load alike.
+    if x.dtype == np.uint8:
+        return x
     for scale in (256.0, 255.0):
         raw = np.asarray(x, dtype=np.float64) * scale
         whole = np.round(raw)
@@ -207,18 +237,15 @@ def _read_mnist_pickle(path: Path) -> dict[str, np.ndarray]:
     try:
         with opener(path, "rb") as fh:
             parts = _ArraysOnly(fh, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
+            MemoryError) as exc:
         raise DatasetError(f"MNIST pickle {path} could not be read: {exc}") from exc
-    if (not isinstance(parts, tuple) or len(parts) != 3
-            or not all(isinstance(p, tuple) and len(p) == 2 for p in parts)):
+    if not isinstance(parts, tuple) or len(parts) != 3:
         raise DatasetError(f"MNIST pickle {path} is not (train, validation, test), each (pixels, labels)")
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
-    x = [_pixels_as_bytes(a, f"{path}") for a in (x_tr, x_va, x_te)]
-    if any(a.ndim != 2 or a.shape[1] != 28 * 28 for a in x):
-        raise DatasetError(f"MNIST pickle {path}: images must be rows of 784 pixels")
-    return {"x_train": np.concatenate(x[:2]).reshape(-1, 28, 28),
-            "y_train": np.concatenate([np.asarray(y_tr), np.asarray(y_va)]).astype(np.uint8),
-            "x_test": x[2].reshape(-1, 28, 28), "y_test": np.asarray(y_te).astype(np.uint8)}
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (
+        _mnist_part(p, name, path) for p, name in zip(parts, ("train", "validation", "test"), strict=True))
+    return {"x_train": np.concatenate([x_tr, x_va]).reshape(-1, 28, 28), "y_train": np.concatenate([y_tr, y_va]),
+            "x_test": x_te.reshape(-1, 28, 28), "y_test": y_te}
 
 
 def load_mnist(path: str | Path, *, limit_train: int | None = None, limit_test: int | None = None) -> Dataset:

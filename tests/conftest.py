@@ -44,24 +44,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _leave_out_slow_tests_from_a_plain_run(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A plain ``pytest`` is the unit suite: tests marked slow are deselected (and counted as such).
 
-    ``pytest -m slow`` runs just them; naming a folder, file or test (``pytest tests``) runs it whole.
+    ``pytest -m slow`` runs just them; naming a folder, file or test (``pytest tests``), or choosing with
+    ``-k``, runs what is named, slow or not.
     """
-    if config.option.markexpr or config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+    if (config.option.markexpr or config.option.keyword
+            or config.args_source != pytest.Config.ArgsSource.TESTPATHS):
         return
-    slow = [item for item in items if "slow" in item.keywords]
+    # the mark itself, as `-m slow` selects it: item.keywords also holds node names (a folder called slow)
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
     if slow:
         config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if "slow" not in item.keywords]
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
 # The unit suite (a plain ``pytest``) leaves out tests marked slow; CI runs them in a second pass (``pytest -m slow``).
 # A test that takes longer than this without the mark makes the unit suite slow, and is named at the end.
+# Set-up and teardown count: a fixture's cost lands on the first test that asks for it, and the suite pays it.
 SLOW_SECONDS = 5.0
 _unmarked_seconds: dict[str, float] = {}
+_marked_slow: set[str] = set()
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if item.get_closest_marker("slow") is not None:
+        _marked_slow.add(item.nodeid)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "slow" not in report.keywords:
+    if report.nodeid not in _marked_slow:
         _unmarked_seconds[report.nodeid] = _unmarked_seconds.get(report.nodeid, 0.0) + report.duration
 
 

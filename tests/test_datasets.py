@@ -124,17 +124,17 @@ def test_load_inputs_from_specs_and_files(tmp_path) -> None:
             load_inputs(bad)
 
 
-def _write_mnist_pickle(path: Path, scale: float, rng: np.random.Generator) -> list[np.ndarray]:
+def _write_mnist_pickle(path: Path, scale: float, rng: np.random.Generator, protocol: int) -> list[np.ndarray]:
     parts = [(rng.integers(0, 256, (n, 784)), np.arange(n) % 10) for n in (3, 2, 4)]
     with gzip.open(path, "wb") as fh:
-        pickle.dump(tuple((x.astype(np.float32) / scale, y.astype(np.int64)) for x, y in parts), fh)
+        pickle.dump(tuple((x.astype(np.float32) / scale, y.astype(np.int64)) for x, y in parts), fh, protocol=protocol)
     return [x for x, _ in parts]
 
 
-@pytest.mark.parametrize("scale", [256.0, 255.0])
-def test_mnist_reads_the_classic_pickle_as_the_idx_files_would(tmp_path: Path, scale: float) -> None:
+@pytest.mark.parametrize(("scale", "protocol"), [(256.0, 2), (255.0, 4), (256.0, 5)])
+def test_mnist_reads_the_classic_pickle_as_the_idx_files_would(tmp_path: Path, scale: float, protocol: int) -> None:
     rng = np.random.default_rng(1)
-    raw = _write_mnist_pickle(tmp_path / "mnist.pkl.gz", scale, rng)
+    raw = _write_mnist_pickle(tmp_path / "mnist.pkl.gz", scale, rng, protocol)
     mnist = datasets.load_mnist(tmp_path / "mnist.pkl.gz")
     # train + validation are MNIST's training set; pixels come back as the IDX bytes / 255
     assert mnist.x_train.shape == (5, 1, 28, 28) and mnist.x_test.shape == (4, 1, 28, 28)
@@ -154,6 +154,25 @@ def test_mnist_pickle_that_would_run_code_is_refused(tmp_path: Path, capsys: pyt
     with pytest.raises(DatasetError, match="not a numpy array"):
         datasets.load_mnist(path)
     assert "must never run" not in capsys.readouterr().out
+
+
+class _HugeView:
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # claims 784 GB over a one-byte buffer
+        return (np.ndarray, ((10**9, 784), np.dtype("uint8"), b"\0", 0, (0, 0)))
+
+
+def test_mnist_pickle_parts_are_checked_before_anything_is_allocated(tmp_path: Path) -> None:
+    path = tmp_path / "mnist.pkl"
+    labels = np.zeros(2, dtype=np.int64)
+    path.write_bytes(pickle.dumps(((_HugeView(), labels), (_HugeView(), labels), (_HugeView(), labels))))
+    with pytest.raises(DatasetError, match="up to 70000 rows"):
+        datasets.load_mnist(path)
+    x = np.zeros((2, 784), dtype=np.float32)
+    for bad, message in ((np.array([0, -1]), "digits 0-9"), (np.zeros(3, dtype=np.int64), "2 integers"),
+                         (np.array([0.0, 1.0]), "2 integers")):
+        path.write_bytes(pickle.dumps(((x, labels), (x, bad), (x, labels))))
+        with pytest.raises(DatasetError, match=f"validation labels must be.*{message}|{message}"):
+            datasets.load_mnist(path)
 
 
 def test_mnist_pickle_with_other_pixels_or_layout_is_refused(tmp_path: Path) -> None:

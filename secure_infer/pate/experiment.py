@@ -410,18 +410,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _release_tuning(plan: dict[str, Any]) -> str:
-    if plan.get("aggregator_from"):
-        return ("The release settings were chosen on a digits split, not on this data (a deployment fixes them "
-                "from other data, or the noise scale discloses the votes).")
-    return ("The release settings were chosen on this split, like the aggregator's (a deployment fixes them from "
-            "other data, or the noise scale discloses the votes).")
+def _release_tuning(report: dict[str, Any]) -> str:
+    where = ("on this split" if report.get("dataset_name", "digits") == "digits"
+             else "on a digits split, not on this data")
+    return (f"The release settings were chosen {where} (a deployment fixes them from other data, or the noise "
+            "scale discloses the votes).")
 
 
 def _aggregator_tuning(plan: dict[str, Any]) -> str:
     if plan.get("aggregator_from"):
-        return (f"The aggregator's settings are {plan['aggregator_from']}, fixed before this run saw the data, so "
-                "no choice made here is missing from the epsilon.")
+        return (f"The Confident-GNMax settings are {plan['aggregator_from']}, fixed before this run saw the data, "
+                "so no choice made here is missing from its epsilon (the plain GNMax row's sigma is this "
+                "project's).")
     return ("The aggregator's settings were chosen on this split with the public inputs' true labels and the "
             "private votes in view (the most answers with label accuracy >= 0.95 at epsilon <= 4); a real "
             "deployment would tune on other data, and that choice is not in the epsilon.")
@@ -484,7 +484,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               "release costs (Theorem 23); one seeded draw. The noise's standard deviation in brackets is a "
               "diagnostic computed from the votes, as is the data-dependent column: an experiment may show them, "
               "a deployment publishes only the published figure. "
-              f"{_release_tuning(plan)} The data-independent column needs no such step; whoever reads the report may take the "
+              f"{_release_tuning(report)} The data-independent column needs no such step; whoever reads the report may take the "
               f"smaller of the two. Published, the figure also costs a curious silo: "
               f"{_fmt(report['rows'][0]['epsilon_silo_published'])} instead of "
               f"{_fmt(report['rows'][0]['epsilon_silo'])} for the first row. A curious silo knows its own "

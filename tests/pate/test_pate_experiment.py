@@ -109,9 +109,11 @@ def test_the_report_says_where_the_aggregator_settings_came_from(run, tmp_path):
     report, _, paths = run
     assert "chosen on this split with the public inputs' true labels" in paths[1].read_text()
     fixed = {**report, "plan": {**report["plan"], "aggregator_from": "the paper's (T=200)"}}
-    text = experiment.write_report(fixed, tmp_path)[1].read_text()
+    text = experiment.write_report(fixed, tmp_path / "fixed")[1].read_text()
     assert "settings are the paper's (T=200), fixed before this run saw the data" in text
-    assert "chosen on this split" not in text and "release settings were chosen on a digits split" in text
+    assert "true labels" not in text and "release settings were chosen on this split" in text
+    text = experiment.write_report({**fixed, "dataset_name": "mnist"}, tmp_path / "mnist")[1].read_text()
+    assert "release settings were chosen on a digits split, not on this data" in text
 
 
 def test_the_report_compares_the_student_nearest_the_main_epsilon_with_chance():
