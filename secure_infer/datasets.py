@@ -222,8 +222,10 @@ def _pixels_as_bytes(x: np.ndarray, where: str) -> np.ndarray:
     # The pickle stores byte/256 (deeplearning.net) or byte/255; recover the bytes so both formats load alike.
     if x.dtype == np.uint8:
         return x
+    pixels = np.asarray(x, dtype=np.float64)  # one float64 copy, scaled in place for each guess
+    raw = np.empty_like(pixels)
     for scale in (256.0, 255.0):
-        raw = np.asarray(x, dtype=np.float64) * scale
+        np.multiply(pixels, scale, out=raw)
         whole = np.round(raw)
         if np.abs(raw - whole).max() < 1e-3 and whole.min() >= 0 and whole.max() <= 255:  # float32 rounding
             return whole.astype(np.uint8)

@@ -31,6 +31,14 @@ def trained_zoo(digits: datasets.Dataset) -> dict[str, zoo.ZooModel]:
     return _TrainedOnDemand(digits)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes ``zoo_name`` runs once per zoo model; the ViT's run is marked slow, because
+    whichever test asks for the trained ViT first pays for its training."""
+    if "zoo_name" in metafunc.fixturenames:
+        metafunc.parametrize("zoo_name", [pytest.param(n, marks=[pytest.mark.slow] if n == "vit" else [])
+                                          for n in zoo.available()])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _leave_out_slow_tests_from_a_plain_run(config, items)
     if torch.cuda.is_available():

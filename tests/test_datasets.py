@@ -171,7 +171,7 @@ def test_mnist_pickle_parts_are_checked_before_anything_is_allocated(tmp_path: P
     for bad, message in ((np.array([0, -1]), "digits 0-9"), (np.zeros(3, dtype=np.int64), "2 integers"),
                          (np.array([0.0, 1.0]), "2 integers")):
         path.write_bytes(pickle.dumps(((x, labels), (x, bad), (x, labels))))
-        with pytest.raises(DatasetError, match=f"validation labels must be.*{message}|{message}"):
+        with pytest.raises(DatasetError, match=f"the validation labels must be {message}"):
             datasets.load_mnist(path)
 
 

@@ -143,9 +143,8 @@ def test_layer_agrees_with_plaintext(case) -> None:
         assert torch.allclose(y, model(x).detach(), atol=tol)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n == "vit" else []) for n in zoo.available()])
-def test_zoo_models_agree(trained_zoo, digits, name: str) -> None:
-    z = trained_zoo[name]
+def test_zoo_models_agree(trained_zoo, digits, zoo_name: str) -> None:
+    z = trained_zoo[zoo_name]
     x = digits.x_test[:32]
     with si.wrap(z.model, "crypten", sample_input=x[:1], parties=1) as enc:
         y = enc(x)
