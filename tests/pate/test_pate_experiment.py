@@ -53,6 +53,13 @@ def test_every_part_is_measured(run):
     assert draws[0]["epsilon"] == pytest.approx(confident["epsilon"])
     assert draws[0]["accuracy"] == pytest.approx(confident["accuracy"])
     assert len({d["answered"] for d in draws}) > 1 or len({d["epsilon"] for d in draws}) > 1  # other noise, other run
+    # the same student on true labels: as many random public inputs as were answered, then all of them
+    ref = report["label_reference"]
+    assert ref["labels"] == confident["answered"] and ref["draws"] == SMALL.noise_draws
+    assert ref["all_public"] == SMALL.queries
+    assert all(0.3 < a <= 1.0 for a in ref["random_accuracy"])  # far above chance (0.1): it learned
+    assert len(set(ref["random_accuracy"])) > 1  # each draw labels other inputs
+    assert ref["all_public_accuracy"] > 0.8
 
 
 @pytest.mark.slow
@@ -98,7 +105,8 @@ def test_report_files(run):
     assert [p.name for p in paths] == ["report.json", "report.md", "accuracy_vs_epsilon.png"]
     assert json.loads(paths[0].read_text())["nonprivate_accuracy"] == pytest.approx(report["nonprivate_accuracy"])
     text = paths[1].read_text()
-    for heading in ("## Student", "## The vote counted under MPC", "## DP-SGD", "## Membership inference"):
+    for heading in ("## Student", "### What the answers are worth", "## The vote counted under MPC", "## DP-SGD",
+                    "## Membership inference"):
         assert heading in text
     assert "published (smooth sensitivity)" in text
     assert paths[2].stat().st_size > 1000
@@ -111,7 +119,7 @@ def test_the_report_says_where_the_aggregator_settings_came_from(run, tmp_path):
     fixed = {**report, "plan": {**report["plan"], "aggregator_from": "the paper's (T=200)"}}
     text = experiment.write_report(fixed, tmp_path / "fixed")[1].read_text()
     assert "settings are the paper's (T=200), fixed before this run saw the data" in text
-    assert "true labels" not in text and "release settings were chosen on this split" in text
+    assert "with the public inputs' true labels" not in text and "release settings were chosen on this split" in text
     text = experiment.write_report({**fixed, "dataset_name": "mnist"}, tmp_path / "mnist")[1].read_text()
     assert "release settings were chosen on a digits split, not on this data" in text
 
@@ -134,6 +142,22 @@ def test_the_report_compares_the_student_nearest_the_main_epsilon_with_chance():
     assert "at epsilon 11.50" in " ".join(experiment._attack_summary(report))
     report["attacks"]["rows"] = report["attacks"]["rows"][:2]
     assert experiment._attack_summary(report) == []
+
+
+def test_the_report_sets_the_answers_beside_true_labels():
+    report = {"nonprivate_accuracy": 0.96,
+              "rows": [{"answered": 84, "label_accuracy": 1.0}],
+              "noise_draws": [{"answered": 84, "accuracy": 0.90}, {"answered": 70, "accuracy": 0.86}],
+              "label_reference": {"labels": 84, "draws": 2, "random_accuracy": [0.92, 0.90], "all_public": 300,
+                                  "all_public_accuracy": 0.95}}
+    text = "\n".join(experiment._label_reference_lines(report))
+    assert "| the 84 Confident-GNMax answers (labels 1 right; 2 noise draws, 70-84 answers) | 0.8800 | " \
+           "0.8600-0.9000 | -0.0800 |" in text
+    assert "| true labels of 84 random public inputs (2 draws) | 0.9100 | 0.9000-0.9200 | -0.0500 |" in text
+    assert "| true labels of all 300 public inputs | 0.9500 | - | -0.0100 |" in text
+    report["label_reference"]["random_accuracy"] = []  # fewer than two answers: nothing to set beside
+    assert experiment._label_reference_lines(report) == []
+    assert experiment._label_reference_lines({**report, "label_reference": None}) == []
 
 
 def test_plan_errors_name_the_setting():
