@@ -182,7 +182,7 @@ def _row(name: str, plan: PatePlan, votes: np.ndarray, labels: np.ndarray, aggre
             "accuracy": _accuracy(student, eval_x, eval_y)}
 
 
-def _draws(plan: PatePlan, votes: np.ndarray, aggregator: Aggregator, public_x: torch.Tensor,
+def _draws(plan: PatePlan, votes: np.ndarray, aggregator: Aggregator, public_x: torch.Tensor, public_y: np.ndarray,
            build: Callable[[], torch.nn.Module], eval_x: torch.Tensor, eval_y: torch.Tensor) -> list[dict[str, Any]]:
     """The same teachers and settings under other noise seeds: how much the headline row owes to its draw."""
     out = []
@@ -192,32 +192,39 @@ def _draws(plan: PatePlan, votes: np.ndarray, aggregator: Aggregator, public_x: 
         answered = int((labels >= 0).sum())
         accuracy = (_accuracy(_student(plan, public_x, labels, build),
                               eval_x, eval_y) if answered >= 2 else None)
-        out.append({"seed": seed, "answered": answered, "epsilon": cost.epsilon, "accuracy": accuracy})
+        right = float((labels[labels >= 0] == public_y[labels >= 0]).mean()) if answered else None
+        out.append({"seed": seed, "answered": answered, "label_accuracy": right, "epsilon": cost.epsilon,
+                    "accuracy": accuracy})
     return out
 
 
-def _label_reference(plan: PatePlan, public_x: torch.Tensor, public_y: np.ndarray, answered: int,
+def _label_reference(plan: PatePlan, draws: list[dict[str, Any]], public_x: torch.Tensor, public_y: np.ndarray,
                      build: Callable[[], torch.nn.Module], eval_x: torch.Tensor,
                      eval_y: torch.Tensor) -> dict[str, Any]:
-    """The same student given true labels: for as many random public inputs as the aggregator answered, and for all.
+    """The same student given true labels: per noise draw, for as many random public inputs as it answered; and for all.
 
-    Why: it splits the student's gap to the non-private model in two. Against
-    students with ``answered`` random true labels, the PATE student shows what
-    the aggregator's choice of queries (those the teachers agree on) and its
-    wrong labels cost; those students, against the non-private model, show
-    what so few labels cost. A diagnostic only: it reads the public inputs'
-    true labels, which a deployment does not have.
+    Why: it splits the student's gap to the non-private model in two. Paired
+    draw by draw with students given the same number of random true labels,
+    the PATE student shows what the aggregator's choice of queries (those the
+    teachers agree on) and its wrong labels cost; those students, against the
+    non-private model, show what so few labels cost. A diagnostic only: it
+    reads the public inputs' true labels, which a deployment does not have.
     """
     rng = np.random.default_rng(plan.seed)
-    random_rows = []
-    if answered >= 2:
-        for _ in range(plan.noise_draws):
-            labels = np.full(len(public_y), -1, dtype=np.int64)
-            chosen = rng.choice(len(public_y), size=answered, replace=False)
-            labels[chosen] = public_y[chosen]
-            random_rows.append(_accuracy(_student(plan, public_x, labels, build), eval_x, eval_y))
-    every = _accuracy(_student(plan, public_x, public_y.astype(np.int64), build), eval_x, eval_y)
-    return {"labels": answered, "draws": len(random_rows), "random_accuracy": random_rows,
+    pairs = []
+    for draw in draws:
+        if draw["accuracy"] is None:  # under two answers: no PATE student to pair with
+            continue
+        labels = np.full(len(public_y), -1, dtype=np.int64)
+        chosen = rng.choice(len(public_y), size=draw["answered"], replace=False)
+        labels[chosen] = public_y[chosen]
+        pairs.append({"seed": draw["seed"], "labels": int((labels >= 0).sum()), "pate_accuracy": draw["accuracy"],
+                      "accuracy": _accuracy(_student(plan, public_x, labels, build), eval_x, eval_y)})
+    gaps = np.array([p["pate_accuracy"] - p["accuracy"] for p in pairs])
+    every = _accuracy(_student(replace(plan, student_self_training=0), public_x, public_y.astype(np.int64), build),
+                      eval_x, eval_y)  # nothing is left unlabelled to self-train on
+    return {"random": pairs, "gap_mean": float(gaps.mean()) if len(gaps) else None,
+            "gap_standard_error": float(gaps.std(ddof=1) / math.sqrt(len(gaps))) if len(gaps) > 1 else None,
             "all_public": len(public_y), "all_public_accuracy": every}
 
 
@@ -398,9 +405,9 @@ def run_pate(plan: PatePlan = FULL, data: Dataset | None = None, *,
                      gn_student, eval_x, eval_y))
 
     step(f"the Confident-GNMax student over {plan.noise_draws} noise draws")
-    draws = _draws(plan, votes, aggregator, public_x, build, eval_x, eval_y)
-    step("the same student on true labels: as many as were answered, and all")
-    reference = _label_reference(plan, public_x, public_y, rows[0]["answered"], build, eval_x, eval_y)
+    draws = _draws(plan, votes, aggregator, public_x, public_y, build, eval_x, eval_y)
+    step("the same student on true labels: as many as each draw answered, and all")
+    reference = _label_reference(plan, draws, public_x, public_y, build, eval_x, eval_y)
     step(f"vote counted by {plan.parties} CrypTen silos")
     try:
         mpc: dict[str, Any] = _mpc_check(plan, ensemble, public_x, aggregator, labels)
@@ -586,26 +593,35 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 def _label_reference_lines(report: dict[str, Any]) -> list[str]:
     """What the answers are worth, next to true labels for as many random public inputs and for all of them."""
-    ref, main = report.get("label_reference"), report["rows"][0]
-    draws = [d["accuracy"] for d in report["noise_draws"] if d["accuracy"] is not None]
-    if not ref or not ref["random_accuracy"] or not draws:
+    ref = report.get("label_reference")
+    if not ref:
         return []
-    base, rand = report["nonprivate_accuracy"], ref["random_accuracy"]
-    return ["", "### What the answers are worth", "",
-            "The same student (same recipe, self-training included) trained on true labels instead: a diagnostic "
-            "that reads the public inputs' true labels, which a deployment does not have. The first two rows "
-            "differ by what the aggregator's choice of queries (those the teachers agree on) and its wrong labels "
-            "cost; the second row and the non-private model differ by what so few labels cost.", "",
-            "| labels the student trains on | student accuracy (mean over draws) | range | vs non-private |",
-            "|---|---|---|---|",
-            f"| the {main['answered']} Confident-GNMax answers (labels {_fmt(main['label_accuracy'])} right; "
-            f"{len(draws)} noise draws, {min(d['answered'] for d in report['noise_draws'])}-"
-            f"{max(d['answered'] for d in report['noise_draws'])} answers) | {float(np.mean(draws)):.4f} | "
-            f"{min(draws):.4f}-{max(draws):.4f} | {float(np.mean(draws)) - base:+.4f} |",
-            f"| true labels of {ref['labels']} random public inputs ({ref['draws']} draws) | "
-            f"{float(np.mean(rand)):.4f} | {min(rand):.4f}-{max(rand):.4f} | {float(np.mean(rand)) - base:+.4f} |",
-            f"| true labels of all {ref['all_public']} public inputs | {ref['all_public_accuracy']:.4f} | - | "
-            f"{ref['all_public_accuracy'] - base:+.4f} |"]
+    base, pairs = report["nonprivate_accuracy"], ref["random"]
+    lines = ["", "### What the answers are worth", "",
+             "The same student (same recipe) trained on true labels instead: a diagnostic that reads the public "
+             "inputs' true labels, which a deployment does not have. Each noise draw's student is paired with one "
+             "given the true labels of as many random public inputs as that draw answered: the pair differs by "
+             "what the aggregator's choice of queries (those the teachers agree on) and its wrong labels cost. The "
+             "random-label students and the non-private model differ by what so few labels cost.", "",
+             "| labels the student trains on | students | student accuracy, mean | range | vs non-private |",
+             "|---|---|---|---|---|"]
+    if pairs:
+        pate, rand = [p["pate_accuracy"] for p in pairs], [p["accuracy"] for p in pairs]
+        counts = [p["labels"] for p in pairs]
+        right = [d["label_accuracy"] for d in report["noise_draws"]
+                 if d.get("accuracy") is not None and d.get("label_accuracy") is not None]
+        answers = (f"Confident-GNMax answers ({min(counts)}-{max(counts)} per draw, mean {float(np.mean(counts)):.0f}"
+                   + (f"; {float(np.mean(right)):.3f} of them right" if right else "") + ")")
+        lines += [f"| {answers} | {len(pate)} noise draws | {float(np.mean(pate)):.4f} | {min(pate):.4f}-{max(pate):.4f} "
+                  f"| {float(np.mean(pate)) - base:+.4f} |",
+                  f"| true labels of as many random public inputs | {len(rand)} draws | {float(np.mean(rand)):.4f} | "
+                  f"{min(rand):.4f}-{max(rand):.4f} | {float(np.mean(rand)) - base:+.4f} |"]
+    lines.append(f"| true labels of all {ref['all_public']} public inputs | 1 | {ref['all_public_accuracy']:.4f} | - | "
+                 f"{ref['all_public_accuracy'] - base:+.4f} |")
+    if ref.get("gap_standard_error") is not None:
+        lines += ["", f"Pair by pair, the answers' student scores {ref['gap_mean']:+.4f} against the random-label "
+                  f"one (standard error {ref['gap_standard_error']:.4f} over {len(pairs)} pairs)."]
+    return lines
 
 
 def _attack_summary(report: dict[str, Any]) -> list[str]:

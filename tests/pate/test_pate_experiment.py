@@ -55,11 +55,14 @@ def test_every_part_is_measured(run):
     assert len({d["answered"] for d in draws}) > 1 or len({d["epsilon"] for d in draws}) > 1  # other noise, other run
     # the same student on true labels: as many random public inputs as were answered, then all of them
     ref = report["label_reference"]
-    assert ref["labels"] == confident["answered"] and ref["draws"] == SMALL.noise_draws
-    assert ref["all_public"] == SMALL.queries
-    assert all(0.3 < a <= 1.0 for a in ref["random_accuracy"])  # far above chance (0.1): it learned
-    assert len(set(ref["random_accuracy"])) > 1  # each draw labels other inputs
-    assert ref["all_public_accuracy"] > 0.8
+    # paired draw by draw: each random-label student gets as many true labels as that draw's answers
+    assert [(p["seed"], p["labels"], p["pate_accuracy"]) for p in ref["random"]] == [
+        (d["seed"], d["answered"], d["accuracy"]) for d in draws if d["accuracy"] is not None]
+    assert all(0.3 < p["accuracy"] <= 1.0 for p in ref["random"])  # far above chance (0.1): it learned
+    assert ref["gap_mean"] == pytest.approx(np.mean([p["pate_accuracy"] - p["accuracy"] for p in ref["random"]]))
+    assert ref["gap_standard_error"] > 0
+    assert ref["all_public"] == SMALL.queries and ref["all_public_accuracy"] > 0.8
+    assert all(0.5 < d["label_accuracy"] <= 1.0 for d in draws)
 
 
 @pytest.mark.slow
@@ -146,17 +149,24 @@ def test_the_report_compares_the_student_nearest_the_main_epsilon_with_chance():
 
 def test_the_report_sets_the_answers_beside_true_labels():
     report = {"nonprivate_accuracy": 0.96,
-              "rows": [{"answered": 84, "label_accuracy": 1.0}],
-              "noise_draws": [{"answered": 84, "accuracy": 0.90}, {"answered": 70, "accuracy": 0.86}],
-              "label_reference": {"labels": 84, "draws": 2, "random_accuracy": [0.92, 0.90], "all_public": 300,
+              "noise_draws": [{"answered": 84, "label_accuracy": 1.0, "accuracy": 0.90},
+                              {"answered": 70, "label_accuracy": 0.9, "accuracy": 0.86},
+                              {"answered": 1, "label_accuracy": 1.0, "accuracy": None}],
+              "label_reference": {"random": [{"seed": 0, "labels": 84, "pate_accuracy": 0.90, "accuracy": 0.92},
+                                             {"seed": 1, "labels": 70, "pate_accuracy": 0.86, "accuracy": 0.90}],
+                                  "gap_mean": -0.03, "gap_standard_error": 0.01, "all_public": 300,
                                   "all_public_accuracy": 0.95}}
     text = "\n".join(experiment._label_reference_lines(report))
-    assert "| the 84 Confident-GNMax answers (labels 1 right; 2 noise draws, 70-84 answers) | 0.8800 | " \
-           "0.8600-0.9000 | -0.0800 |" in text
-    assert "| true labels of 84 random public inputs (2 draws) | 0.9100 | 0.9000-0.9200 | -0.0500 |" in text
-    assert "| true labels of all 300 public inputs | 0.9500 | - | -0.0100 |" in text
-    report["label_reference"]["random_accuracy"] = []  # fewer than two answers: nothing to set beside
-    assert experiment._label_reference_lines(report) == []
+    assert ("| Confident-GNMax answers (70-84 per draw, mean 77; 0.950 of them right) | 2 noise draws | 0.8800 | "
+            "0.8600-0.9000 | -0.0800 |") in text
+    assert "| true labels of as many random public inputs | 2 draws | 0.9100 | 0.9000-0.9200 | -0.0500 |" in text
+    assert "| true labels of all 300 public inputs | 1 | 0.9500 | - | -0.0100 |" in text
+    assert "scores -0.0300 against the random-label one (standard error 0.0100 over 2 pairs)" in text
+    # no draw with a student: the all-labels row stands alone
+    alone = {**report, "label_reference": {**report["label_reference"], "random": [], "gap_mean": None,
+                                           "gap_standard_error": None}}
+    text = "\n".join(experiment._label_reference_lines(alone))
+    assert "all 300 public inputs" in text and "random public inputs |" not in text and "Pair by pair" not in text
     assert experiment._label_reference_lines({**report, "label_reference": None}) == []
 
 
