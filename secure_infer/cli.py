@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -363,6 +363,11 @@ def pate(
     teachers: Annotated[int | None, typer.Option(min=1, help="teachers (default 90 on digits, 250 on MNIST)")] = None,
     queries: Annotated[int | None, typer.Option(min=1, help="public inputs the student asks about "
                                                             "(default 300 on digits, 1000 on MNIST)")] = None,
+    public: Annotated[int | None, typer.Option(min=1, help="public inputs the student sees, the queries first and the "
+                                                           "rest unlabelled (default: the queries on digits, 9000 on "
+                                                           "MNIST, as in the PATE papers)")] = None,
+    student: Annotated[str | None, typer.Option(help="zoo model for the student and the non-private model "
+                                                     "(default mlp on digits, lenet on MNIST)")] = None,
     parties: Annotated[int, typer.Option(help="CrypTen silos that count the vote (2 or more)")] = 3,
     dataset: Annotated[str, typer.Option(help="digits, or mnist with --mnist-path")] = "digits",
     mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files, or the mnist.pkl.gz file")] = None,
@@ -382,12 +387,21 @@ def pate(
         data = datasets.load_mnist(mnist_path)
         paper = "Papernot et al. 2018's Confident-GNMax settings for MNIST (T=200, sigma1=150, sigma2=40"
         source = f"{paper} at 250 teachers)" if teachers in (None, 250) else f"{paper}, scaled to {teachers} teachers)"
-        plan = dataclasses.replace(plan, teachers=250, queries=1000, threshold=0.8, sigma_threshold=0.6,
-                                   sigma=0.16, aggregator_from=source)
+        plan = dataclasses.replace(plan, teachers=250, queries=1000, public=9000, threshold=0.8, sigma_threshold=0.6,
+                                   sigma=0.16, aggregator_from=source, **experiment.MNIST_STUDENT)
     else:
         data = datasets.load(dataset, seed=seed)
-    plan = dataclasses.replace(plan, teachers=plan.teachers if teachers is None else teachers,
-                               queries=plan.queries if queries is None else queries, parties=parties, seed=seed)
+    chosen: dict[str, Any] = {name: value for name, value in (("teachers", teachers), ("queries", queries), ("public", public),
+                                              ("student", student)) if value is not None}
+    if student is not None and student != plan.student:
+        chosen["student_from"] = "given on the command line (--student), with the recipe's other settings unchanged"
+    try:
+        plan = dataclasses.replace(plan, parties=parties, seed=seed, **chosen)
+    except ParameterError as exc:
+        message = str(exc)
+        for name in chosen:  # name the command-line option the user typed
+            message = message.replace(f"PatePlan.{name} ", f"--{name} ")
+        raise typer.BadParameter(message) from None
     printer = Output()
     with printer.progress() as progress:
         task = progress.add_task("pate", total=experiment.count_steps(plan))

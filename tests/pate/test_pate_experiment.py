@@ -15,6 +15,7 @@ from secure_infer.pate import experiment
 from secure_infer.pate.teachers import TeacherConfig
 
 SMALL = dataclasses.replace(experiment.QUICK, name="test", teachers=30, teacher=TeacherConfig(steps=150), queries=120,
+                            public=200,
                             curve_points=2, noise_draws=3, mpc_queries=40, student_epochs=40, dp_epsilons=(8.0,),
                             attack_shadows=2, attack_teachers=10, attack_seeds=(0, 1), attack_noise=(1.0, 2.0))
 
@@ -45,7 +46,8 @@ def test_every_part_is_measured(run):
         assert 0.0 <= row["accuracy"] <= 1.0
     # the student learned something from the noisy answers
     assert confident["accuracy"] > 0.5
-    assert report["eval_examples"] == 450 - SMALL.queries
+    # the student sees 200 public inputs, asks about the first 120; the rest of the test split scores it
+    assert report["public_inputs"] == 200 and report["eval_examples"] == 450 - 200
     draws = report["noise_draws"]
     assert [d["seed"] for d in draws] == list(range(SMALL.seed, SMALL.seed + SMALL.noise_draws))
     # the first draw is the headline row's own noise: same answers, same epsilon, same student
@@ -112,6 +114,8 @@ def test_report_files(run):
                     "## Membership inference"):
         assert heading in text
     assert "published (smooth sensitivity)" in text
+    assert "the first 200 test inputs, unlabelled; the student asks about the first 120" in text
+    assert "The student is zoo `mlp`, 40 epochs" in text and "zoo `mlp`, 100 epochs on the private split" in text
     assert paths[2].stat().st_size > 1000
 
 
@@ -173,9 +177,16 @@ def test_the_report_sets_the_answers_beside_true_labels():
 def test_plan_errors_name_the_setting():
     data = datasets.load_digits(seed=0)
     with pytest.raises(ParameterError, match="queries=450"):
-        experiment.run_pate(dataclasses.replace(SMALL, queries=450), data)
+        experiment.run_pate(dataclasses.replace(SMALL, queries=450, public=None), data)
+    with pytest.raises(ParameterError, match="public=450"):
+        experiment.run_pate(dataclasses.replace(SMALL, public=450), data)
     with pytest.raises(ParameterError, match="teachers=2000"):
         experiment.run_pate(dataclasses.replace(SMALL, teachers=2000), data)
+
+
+def _unboxed(output: str) -> str:
+    """The error panel's text on one line: rich wraps it at the terminal's width."""
+    return " ".join(output.replace("│", " ").split())
 
 
 def test_cli_refuses_bad_options(tmp_path):
@@ -186,6 +197,10 @@ def test_cli_refuses_bad_options(tmp_path):
     assert result.exit_code == 2 and "--mnist-path" in result.output
     result = runner.invoke(app, ["pate", "--queries", "-5", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--queries" in result.output
+    result = runner.invoke(app, ["pate", "--student", "resnet", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--student 'resnet' is not a zoo model" in _unboxed(result.output)
+    result = runner.invoke(app, ["pate", "--queries", "50", "--public", "40", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--public (40) must hold the 50 queries" in _unboxed(result.output)
     assert not list(tmp_path.iterdir())  # nothing ran, nothing written
 
 
@@ -198,3 +213,21 @@ def test_plan_settings_are_checked():
         dataclasses.replace(SMALL, student_self_training=-1)
     with pytest.raises(ParameterError, match="student_confidence"):
         dataclasses.replace(SMALL, student_confidence=0.0)
+    with pytest.raises(ParameterError, match=r"PatePlan.public \(100\) must hold the 120 queries"):
+        dataclasses.replace(SMALL, public=100)
+    with pytest.raises(ParameterError, match="PatePlan.student 'resnet' is not a zoo model; choose one of logreg"):
+        dataclasses.replace(SMALL, student="resnet")
+    with pytest.raises(ParameterError, match="PatePlan.student_lr"):
+        dataclasses.replace(SMALL, student_lr=0.0)
+    assert SMALL.pool == 200 and dataclasses.replace(SMALL, public=None).pool == SMALL.queries
+
+
+def test_the_report_says_what_the_student_sees_and_where_its_recipe_came_from():
+    report = {"public_queries": 300}
+    assert experiment._public_sentence(report) == ("Public: the first 300 test inputs, unlabelled, which the student "
+                                                   "may query.")
+    report = {"public_queries": 1000, "public_inputs": 9000}
+    assert experiment._public_sentence(report) == ("Public: the first 9000 test inputs, unlabelled; the student asks "
+                                                   "about the first 1000 and sees all of them (self-training).")
+    assert "set while developing on digits splits" in experiment._student_tuning({"student_from": ""})
+    assert experiment._student_tuning({"student_from": "the paper's"}) == "these settings were the paper's."
