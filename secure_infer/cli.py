@@ -366,8 +366,9 @@ def pate(
     public: Annotated[int | None, typer.Option(min=1, help="public inputs the student sees, the queries first and the "
                                                            "rest unlabelled (default: the queries on digits, 9000 on "
                                                            "MNIST, as in the PATE papers)")] = None,
-    student: Annotated[str | None, typer.Option(help="zoo model for the student and the non-private model "
-                                                     "(default mlp on digits, lenet on MNIST)")] = None,
+    student: Annotated[str | None, typer.Option(help=f"zoo model for the student and the non-private model: "
+                                                     f"{', '.join(zoo.available())} (default mlp on digits, lenet "
+                                                     "on MNIST)")] = None,
     parties: Annotated[int, typer.Option(help="CrypTen silos that count the vote (2 or more)")] = 3,
     dataset: Annotated[str, typer.Option(help="digits, or mnist with --mnist-path")] = "digits",
     mnist_path: Annotated[Path | None, typer.Option(help="folder with the MNIST IDX files, or the mnist.pkl.gz file")] = None,
@@ -384,13 +385,17 @@ def pate(
     if dataset == "mnist":
         if mnist_path is None:
             raise typer.BadParameter("--dataset mnist needs --mnist-path: the folder of IDX files or the mnist.pkl.gz file (nothing is downloaded)")
-        data = datasets.load_mnist(mnist_path)
         paper = "Papernot et al. 2018's Confident-GNMax settings for MNIST (T=200, sigma1=150, sigma2=40"
         source = f"{paper} at 250 teachers)" if teachers in (None, 250) else f"{paper}, scaled to {teachers} teachers)"
         plan = dataclasses.replace(plan, teachers=250, queries=1000, public=9000, threshold=0.8, sigma_threshold=0.6,
                                    sigma=0.16, aggregator_from=source, **experiment.MNIST_STUDENT)
-    else:
-        data = datasets.load(dataset, seed=seed)
+        if public is None and queries is not None:
+            public = max(plan.pool, queries)
+        asked = (plan.pool if public is None else public, plan.queries if queries is None else queries)
+        if asked != (plan.pool, plan.queries):
+            plan = dataclasses.replace(plan, student_from=f"{plan.student_from}; this run's --public or --queries "
+                                                          "moved that split, so some of those images may now be "
+                                                          "queried or scored")
     chosen: dict[str, Any] = {name: value for name, value in (("teachers", teachers), ("queries", queries), ("public", public),
                                               ("student", student)) if value is not None}
     if student is not None and student != plan.student:
@@ -402,6 +407,8 @@ def pate(
         for name in chosen:  # name the command-line option the user typed
             message = message.replace(f"PatePlan.{name} ", f"--{name} ")
         raise typer.BadParameter(message) from None
+    data = (datasets.load_mnist(mnist_path) if dataset == "mnist" and mnist_path is not None
+            else datasets.load(dataset, seed=seed))
     printer = Output()
     with printer.progress() as progress:
         task = progress.add_task("pate", total=experiment.count_steps(plan))

@@ -118,7 +118,7 @@ class PatePlan:
         if self.student not in available():
             raise ParameterError(f"PatePlan.student {self.student!r} is not a zoo model; choose one of "
                                  f"{', '.join(available())}")
-        if not self.student_lr > 0:
+        if not (math.isfinite(self.student_lr) and self.student_lr > 0):
             raise ParameterError(f"PatePlan.student_lr must be positive, got {self.student_lr}")
         if not self.attack_seeds:
             raise ParameterError("PatePlan.attack_seeds needs at least one seed (one member set)")
@@ -235,7 +235,7 @@ def _draws(plan: PatePlan, votes: np.ndarray, aggregator: Aggregator, pool: torc
 def _label_reference(plan: PatePlan, draws: list[dict[str, Any]], pool: torch.Tensor, public_y: np.ndarray,
                      build: Callable[[], torch.nn.Module], eval_x: torch.Tensor,
                      eval_y: torch.Tensor) -> dict[str, Any]:
-    """The same student given true labels: per noise draw, for as many random public inputs as it answered; and for all.
+    """The same student given true labels: per noise draw, for as many random queried inputs as it answered; and for all.
 
     Why: it splits the student's gap to the non-private model in two. Paired
     draw by draw with students given the same number of random true labels,
@@ -502,8 +502,20 @@ def _public_sentence(report: dict[str, Any]) -> str:
 def _student_tuning(plan: dict[str, Any]) -> str:
     if plan.get("student_from"):
         return f"these settings were {plan['student_from']}."
+    if any(plan.get(name, default) != default for name, default in (
+            ("student", FULL.student), ("student_epochs", FULL.student_epochs), ("student_lr", FULL.student_lr))):
+        return "these settings were given for this run, with no record of how they were chosen."
     return ("these are the defaults, set while developing on digits splits with their evaluation accuracy in view "
             "(a deployment would choose them on other data).")
+
+
+def _attack_student_sentence(plan: dict[str, Any]) -> str:
+    student = plan.get("student", "mlp")
+    if student == "mlp":
+        return "The PATE students are zoo `mlp`, like the victim."
+    return (f"The PATE students are zoo `{student}`, like the main student; the victim and the shadows are zoo "
+            "`mlp`, so for the PATE rows LiRA's reference models have another architecture than the model attacked, "
+            "which can understate what it finds.")
 
 
 def _aggregator_tuning(plan: dict[str, Any]) -> str:
@@ -598,8 +610,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
                   f"| {mpc['queries']} | {mpc['answered']} | {mpc['agree']}/{mpc['queries']} | "
                   f"{_fmt(mpc['seconds_per_query'])} | {_fmt(mpc['bytes_per_query'])} | "
                   f"{_fmt(mpc['rounds_per_query'])} | {_fmt(mpc['seconds'])} |"]
-    lines += ["", "## Student accuracy against epsilon (students trained on the answers to the first n queries)",
-              "", "| queries asked | answered | epsilon | student accuracy |", "|---|---|---|---|"]
+    unlabelled = (", the other public inputs unlabelled"
+                  if report.get("public_inputs", 0) > report["public_queries"] else "")
+    lines += ["", "## Student accuracy against epsilon (students trained on the answers to the first n queries"
+              f"{unlabelled})", "", "| queries asked | answered | epsilon | student accuracy |", "|---|---|---|---|"]
     lines += [f"| {c['queries']} | {c['answered']} | {c['epsilon']:.2f} | {c['accuracy']:.4f} |"
               for c in report["curve"]]
     dp_base = report["dp_sgd"][0]["accuracy"]
@@ -624,7 +638,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               f"trained from the same members. With so few private examples per teacher the students learn little "
               "(their accuracy below). The attacks and their shadow models are the suite's, built on the victim's "
               f"training recipe, for every row. Figures are means over {len(a['seeds'])} independent member "
-              f"set(s). Chance is AUC 0.5: an attack that learns nothing lands within +-{a['chance_sd']:.3f} of it "
+              f"set(s). {_attack_student_sentence(plan)} Chance is AUC 0.5: an attack that learns nothing lands within +-{a['chance_sd']:.3f} of it "
               f"two times in three on one member set, +-{a['chance_sd_of_mean']:.3f} on the mean.", "",
               "| model | epsilon | answered | accuracy | loss-attack AUC | LiRA AUC | LiRA TPR at 1% FPR |",
               "|---|---|---|---|---|---|---|"]
@@ -650,7 +664,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def _label_reference_lines(report: dict[str, Any]) -> list[str]:
-    """What the answers are worth, next to true labels for as many random public inputs and for all of them."""
+    """What the answers are worth, next to true labels for as many random queried inputs and for all of them."""
     ref = report.get("label_reference")
     if not ref:
         return []
@@ -658,7 +672,7 @@ def _label_reference_lines(report: dict[str, Any]) -> list[str]:
     lines = ["", "### What the answers are worth", "",
              "The same student (same recipe) trained on true labels instead: a diagnostic that reads the public "
              "inputs' true labels, which a deployment does not have. Each noise draw's student is paired with one "
-             "given the true labels of as many random public inputs as that draw answered: the pair differs by "
+             "given the true labels of as many random queried inputs as that draw answered: the pair differs by "
              "what the aggregator's choice of queries (those the teachers agree on) and its wrong labels cost. The "
              "random-label students and the non-private model differ by what so few labels cost.", "",
              "| labels the student trains on | students | student accuracy, mean | range | vs non-private |",
@@ -672,9 +686,9 @@ def _label_reference_lines(report: dict[str, Any]) -> list[str]:
                    + (f"; {float(np.mean(right)):.3f} of them right" if right else "") + ")")
         lines += [f"| {answers} | {len(pate)} noise draws | {float(np.mean(pate)):.4f} | {min(pate):.4f}-{max(pate):.4f} "
                   f"| {float(np.mean(pate)) - base:+.4f} |",
-                  f"| true labels of as many random public inputs | {len(rand)} draws | {float(np.mean(rand)):.4f} | "
+                  f"| true labels of as many random queried inputs | {len(rand)} draws | {float(np.mean(rand)):.4f} | "
                   f"{min(rand):.4f}-{max(rand):.4f} | {float(np.mean(rand)) - base:+.4f} |"]
-    lines.append(f"| true labels of all {ref['all_public']} public inputs | 1 | {ref['all_public_accuracy']:.4f} | - | "
+    lines.append(f"| true labels of all {ref['all_public']} queried inputs | 1 | {ref['all_public_accuracy']:.4f} | - | "
                  f"{ref['all_public_accuracy'] - base:+.4f} |")
     if ref.get("gap_standard_error") is not None:
         lines += ["", f"Pair by pair, the answers' student scores {ref['gap_mean']:+.4f} against the random-label "

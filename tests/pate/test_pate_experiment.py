@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from secure_infer import ParameterError, datasets
@@ -163,14 +164,14 @@ def test_the_report_sets_the_answers_beside_true_labels():
     text = "\n".join(experiment._label_reference_lines(report))
     assert ("| Confident-GNMax answers (70-84 per draw, mean 77; 0.950 of them right) | 2 noise draws | 0.8800 | "
             "0.8600-0.9000 | -0.0800 |") in text
-    assert "| true labels of as many random public inputs | 2 draws | 0.9100 | 0.9000-0.9200 | -0.0500 |" in text
-    assert "| true labels of all 300 public inputs | 1 | 0.9500 | - | -0.0100 |" in text
+    assert "| true labels of as many random queried inputs | 2 draws | 0.9100 | 0.9000-0.9200 | -0.0500 |" in text
+    assert "| true labels of all 300 queried inputs | 1 | 0.9500 | - | -0.0100 |" in text
     assert "scores -0.0300 against the random-label one (standard error 0.0100 over 2 pairs)" in text
     # no draw with a student: the all-labels row stands alone
     alone = {**report, "label_reference": {**report["label_reference"], "random": [], "gap_mean": None,
                                            "gap_standard_error": None}}
     text = "\n".join(experiment._label_reference_lines(alone))
-    assert "all 300 public inputs" in text and "random public inputs |" not in text and "Pair by pair" not in text
+    assert "all 300 queried inputs" in text and "random queried inputs |" not in text and "Pair by pair" not in text
     assert experiment._label_reference_lines({**report, "label_reference": None}) == []
 
 
@@ -231,3 +232,68 @@ def test_the_report_says_what_the_student_sees_and_where_its_recipe_came_from():
                                                    "about the first 1000 and sees all of them (self-training).")
     assert "set while developing on digits splits" in experiment._student_tuning({"student_from": ""})
     assert experiment._student_tuning({"student_from": "the paper's"}) == "these settings were the paper's."
+
+
+class _Spy:
+    """Stands in for train_student: records what each student was given, returns a model that answers class 0."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, np.ndarray, int]] = []
+
+    def __call__(self, x, labels, build, *, epochs, lr, seed, self_training, confidence):
+        self.calls.append((x, np.asarray(labels).copy(), self_training))
+        return lambda inputs: torch.nn.functional.one_hot(torch.zeros(len(inputs), dtype=torch.long), 10).float()
+
+
+def test_every_student_sees_the_whole_pool_its_labels_on_the_queries(monkeypatch):
+    spy = _Spy()
+    monkeypatch.setattr(experiment, "train_student", spy)
+    plan = dataclasses.replace(SMALL, queries=6, public=10, curve_points=2)
+    pool = torch.arange(10 * 4, dtype=torch.float32).reshape(10, 1, 2, 2)
+    labels = np.array([3, -1, 5, -1, -1, 7])
+    experiment._student(plan, pool, labels, build=None)
+    x, given, _ = spy.calls[-1]
+    assert x is pool and given.tolist() == [3, -1, 5, -1, -1, 7, -1, -1, -1, -1]
+    votes = np.tile(np.array([[20, 5, 5] + [0] * 7]), (6, 1))
+    aggregator = plan.aggregator()
+    spy.calls.clear()
+    experiment._curve(plan, votes, labels, aggregator, pool, None, pool, torch.zeros(10, dtype=torch.long))
+    # the first 3 queries' answers, then all 6; the pool unlabelled past them
+    assert [c[1].tolist() for c in spy.calls] == [[3, -1, 5] + [-1] * 7, [3, -1, 5, -1, -1, 7] + [-1] * 4]
+    assert all(c[0] is pool for c in spy.calls)
+    public_y = np.array([1, 2, 3, 4, 5, 6])
+    draws = [{"seed": 0, "answered": 3, "accuracy": 0.5}]
+    spy.calls.clear()
+    experiment._label_reference(plan, draws, pool, public_y, None, pool, torch.zeros(10, dtype=torch.long))
+    (x_random, random_labels, _), (x_all, all_labels, all_rounds) = spy.calls
+    assert x_random is pool and (random_labels[:6] >= 0).sum() == 3 and (random_labels[6:] == -1).all()
+    assert set(random_labels[random_labels >= 0]) <= set(public_y.tolist())
+    # every query labelled, and four public inputs left to self-train on: the recipe keeps its rounds
+    assert all_labels.tolist() == [1, 2, 3, 4, 5, 6, -1, -1, -1, -1] and all_rounds == plan.student_self_training
+    spy.calls.clear()
+    experiment._label_reference(dataclasses.replace(plan, public=None), draws, pool[:6], public_y, None, pool,
+                                torch.zeros(10, dtype=torch.long))
+    assert spy.calls[-1][2] == 0  # nothing left unlabelled: no self-training round
+
+
+def test_cli_mnist_defaults_to_the_papers_split_and_a_convolutional_student(monkeypatch, tmp_path):
+    plans: list[experiment.PatePlan] = []
+
+    def fake_run(plan, data, on_step=None):
+        plans.append(plan)
+        raise ParameterError("stop here")
+
+    monkeypatch.setattr(experiment, "run_pate", fake_run)
+    monkeypatch.setattr(datasets, "load_mnist", lambda path: None)
+    runner = CliRunner()
+    base = ["pate", "--dataset", "mnist", "--mnist-path", str(tmp_path), "--out", str(tmp_path / "out")]
+    runner.invoke(app, base)
+    plan = plans[-1]
+    assert (plan.queries, plan.public, plan.student) == (1000, 9000, "lenet")
+    assert plan.student_from == experiment.MNIST_STUDENT["student_from"]
+    runner.invoke(app, [*base, "--queries", "9500"])  # more queries than the default pool: the pool grows with them
+    assert (plans[-1].queries, plans[-1].public) == (9500, 9500) and "moved that split" in plans[-1].student_from
+    runner.invoke(app, [*base, "--public", "9000"])  # the default, spelled out: nothing moved
+    assert plans[-1].student_from == experiment.MNIST_STUDENT["student_from"]
+    runner.invoke(app, [*base, "--student", "mlp"])
+    assert plans[-1].student == "mlp" and "given on the command line" in plans[-1].student_from
