@@ -391,13 +391,12 @@ def pate(
                                    sigma=0.16, aggregator_from=source, **experiment.MNIST_STUDENT)
         if public is None and queries is not None:
             public = max(plan.pool, queries)
-        asked = (plan.pool if public is None else public, plan.queries if queries is None else queries)
-        if asked != (plan.pool, plan.queries):
+        if public not in (None, plan.pool) or queries not in (None, plan.queries):
             plan = dataclasses.replace(plan, student_from=f"{plan.student_from}; this run's --public or --queries "
                                                           "moved that split, so some of those images may now be "
                                                           "queried or scored")
-    chosen: dict[str, Any] = {name: value for name, value in (("teachers", teachers), ("queries", queries), ("public", public),
-                                              ("student", student)) if value is not None}
+    given = (("teachers", teachers), ("queries", queries), ("public", public), ("student", student))
+    chosen: dict[str, Any] = {name: value for name, value in given if value is not None}
     if student is not None and student != plan.student:
         chosen["student_from"] = "given on the command line (--student), with the recipe's other settings unchanged"
     try:

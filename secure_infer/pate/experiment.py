@@ -2,7 +2,8 @@
 
 One call: trains ``k`` teachers on disjoint shares of the private training
 split; labels a student's public inputs (the first ``queries`` of the first
-``public`` test inputs, which the student also sees unlabelled) with Confident-GNMax, the noise and the vote counted by ``parties`` CrypTen
+``public`` test inputs, which the student also sees unlabelled) with
+Confident-GNMax, the noise and the vote counted by ``parties`` CrypTen
 silos (checked query by query against the plaintext aggregator with the same
 noise); accounts epsilon with the data-dependent analysis; trains the student
 and scores it on the held-out rest of the test split. Beside it, DP-SGD on
@@ -98,8 +99,8 @@ class PatePlan:
     student_from: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("teachers", "queries", "curve_points", "noise_draws", "student_epochs", "baseline_epochs", "attack_members", "attack_non_members",
-                     "attack_teachers", "attack_shadows"):
+        for name in ("teachers", "queries", "curve_points", "noise_draws", "student_epochs", "baseline_epochs",
+                     "attack_members", "attack_non_members", "attack_teachers", "attack_shadows"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"PatePlan.{name} must be at least 1, got {getattr(self, name)}")
         if self.parties < 2:
@@ -235,7 +236,7 @@ def _draws(plan: PatePlan, votes: np.ndarray, aggregator: Aggregator, pool: torc
 def _label_reference(plan: PatePlan, draws: list[dict[str, Any]], pool: torch.Tensor, public_y: np.ndarray,
                      build: Callable[[], torch.nn.Module], eval_x: torch.Tensor,
                      eval_y: torch.Tensor) -> dict[str, Any]:
-    """The same student given true labels: per noise draw, for as many random queried inputs as it answered; and for all.
+    """The same student given true labels: per noise draw, for as many random queried inputs as it answered, and all.
 
     Why: it splits the student's gap to the non-private model in two. Paired
     draw by draw with students given the same number of random true labels,
@@ -418,7 +419,8 @@ def run_pate(plan: PatePlan = FULL, data: Dataset | None = None, *,
     step("non-private model on the private split")
     baseline = build()
     private = replace(data, x_test=eval_x, y_test=eval_y)
-    train(baseline, private, TrainConfig(epochs=plan.baseline_epochs, lr=plan.student_lr, batch_size=32), seed=plan.seed)
+    train(baseline, private, TrainConfig(epochs=plan.baseline_epochs, lr=plan.student_lr, batch_size=32),
+          seed=plan.seed)
     nonprivate = _accuracy(baseline, eval_x, eval_y)
 
     step(f"train {plan.teachers} teachers on disjoint shares")
@@ -490,13 +492,17 @@ def _release_tuning(report: dict[str, Any]) -> str:
             "scale discloses the votes).")
 
 
+def _unasked(report: dict[str, Any]) -> int:
+    """How many public inputs the student saw without asking about them."""
+    return int(report.get("public_inputs", report["public_queries"])) - int(report["public_queries"])
+
+
 def _public_sentence(report: dict[str, Any]) -> str:
     queries = report["public_queries"]
-    pool = report.get("public_inputs", queries)
-    if pool == queries:
+    if not _unasked(report):
         return f"Public: the first {queries} test inputs, unlabelled, which the student may query."
-    return (f"Public: the first {pool} test inputs, unlabelled; the student asks about the first {queries} and "
-            "sees all of them (self-training).")
+    return (f"Public: the first {report['public_inputs']} test inputs, unlabelled; the student asks about the "
+            f"first {queries} and sees all of them (self-training).")
 
 
 def _student_tuning(plan: dict[str, Any]) -> str:
@@ -610,8 +616,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
                   f"| {mpc['queries']} | {mpc['answered']} | {mpc['agree']}/{mpc['queries']} | "
                   f"{_fmt(mpc['seconds_per_query'])} | {_fmt(mpc['bytes_per_query'])} | "
                   f"{_fmt(mpc['rounds_per_query'])} | {_fmt(mpc['seconds'])} |"]
-    unlabelled = (", the other public inputs unlabelled"
-                  if report.get("public_inputs", 0) > report["public_queries"] else "")
+    unlabelled = ", the other public inputs unlabelled" if _unasked(report) else ""
     lines += ["", "## Student accuracy against epsilon (students trained on the answers to the first n queries"
               f"{unlabelled})", "", "| queries asked | answered | epsilon | student accuracy |", "|---|---|---|---|"]
     lines += [f"| {c['queries']} | {c['answered']} | {c['epsilon']:.2f} | {c['accuracy']:.4f} |"
@@ -638,7 +643,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
               f"trained from the same members. With so few private examples per teacher the students learn little "
               "(their accuracy below). The attacks and their shadow models are the suite's, built on the victim's "
               f"training recipe, for every row. Figures are means over {len(a['seeds'])} independent member "
-              f"set(s). {_attack_student_sentence(plan)} Chance is AUC 0.5: an attack that learns nothing lands within +-{a['chance_sd']:.3f} of it "
+              f"set(s). {_attack_student_sentence(plan)} Chance is AUC 0.5: an attack that learns nothing lands "
+              f"within +-{a['chance_sd']:.3f} of it "
               f"two times in three on one member set, +-{a['chance_sd_of_mean']:.3f} on the mean.", "",
               "| model | epsilon | answered | accuracy | loss-attack AUC | LiRA AUC | LiRA TPR at 1% FPR |",
               "|---|---|---|---|---|---|---|"]
