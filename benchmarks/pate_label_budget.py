@@ -8,7 +8,8 @@ several data splits, so the README's account of why it is missed can be rerun:
    of thresholds and noise scales (fractions of the number of teachers, as in
    :class:`secure_infer.pate.experiment.PatePlan`), every split, every noise
    draw: how many of the 300 queries are answered, how many answers are right,
-   and the data-dependent epsilon with the silos' noise. The table keeps the
+   and the data-dependent epsilon with the silos' noise. Draw ``d`` of split
+   ``s`` uses noise seed ``s + d``, as ``secure-infer pate`` seeds its draws. The table keeps the
    settings within ``--epsilon`` on every draw, most answers first.
 2. **What that many labels are worth.** Students given the *true* labels of
    ``--labels`` random public inputs (an oracle no aggregator beats at that
@@ -17,9 +18,9 @@ several data splits, so the README's account of why it is missed can be rerun:
    LeNet, each with and without small random affine transforms of the inputs
    (rotation up to 12 degrees, scale 0.9-1.1, shift up to 0.6 pixel).
 
-Run (about 10 minutes on 2 cores; the README's figures, 2026-12-01)::
+Run (about 5 minutes on 2 cores; the README's figures, 2026-12-01)::
 
-    python benchmarks/pate_label_budget.py --out label-budget.json
+    python benchmarks/pate_label_budget.py --out budget.json
 
 Quick::
 
@@ -149,14 +150,18 @@ def oracle_students(splits: list[int], draws: int, labels: int, queries: int) ->
     return rows
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--splits", default="0,1,2", help="digits split seeds, comma-separated")
-    parser.add_argument("--draws", type=int, default=3, help="noise draws (budget) and label draws (oracle)")
+    parser.add_argument("--draws", type=int, default=3, help="noise draws (budget); oracle students per recipe and split (labels and training seed)")
     parser.add_argument("--teachers", default="50,70,90,120", help="teacher counts, comma-separated")
     parser.add_argument("--queries", type=int, default=300, help="public inputs queried (the rest are scored)")
     parser.add_argument("--epsilon", type=float, default=4.0, help="the budget every draw must stay within")
-    parser.add_argument("--labels", type=int, default=84, help="true labels the oracle students get")
+    parser.add_argument("--labels", type=int, default=84, help="true labels the oracle students get (84: what the digits default answers, above the grid's best mean)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
     args = parser.parse_args()
     splits = [int(s) for s in args.splits.split(",")]
@@ -173,7 +178,7 @@ def main() -> None:
     print(f"\nsettings within epsilon {args.epsilon} on every split and draw, most answers first:")
     for s in best:
         print(f"  {s['teachers']} teachers, T={s['threshold']}, sigma1={s['sigma_threshold']}, sigma2={s['sigma']}: "
-              f"{s['answered_mean']:.1f} answered ({s['right_mean']:.3f} right), epsilon <= {s['epsilon_max']:.2f}")
+              f"{s['answered_mean']:.1f} answered ({_share(s['right_mean'])} right), epsilon <= {s['epsilon_max']:.2f}")
     print(f"\nstudents on {args.labels} true labels, against their own non-private model (mean over splits):")
     for arch, augment in STUDENTS:
         gaps = [r["gap"] for r in oracle if r["student"] == arch and r["affine"] == augment]
