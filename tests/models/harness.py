@@ -58,6 +58,9 @@ class Outcome:
     encrypted_inputs: int = 0  # inputs that ran under real encryption
     encrypted_agreement: float | None = None  # their argmax agreement with plaintext
     encrypted_error: float | None = None  # their max error against plaintext
+    # the largest plaintext top-2 margin among inputs whose argmax moved (None: none moved); each logit off by at
+    # most max_error can only move an argmax whose margin is at most twice that: a near-tie, not a wrong conversion
+    flip_margin: float | None = None
     depth: int | None = None
     ring: int | None = None
 
@@ -124,6 +127,16 @@ def _compare(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float | None
     return agreement, float((got - want).abs().max())
 
 
+def _flip_margin(got: torch.Tensor, want: torch.Tensor) -> float | None:
+    if not want.is_floating_point():
+        return None
+    moved = got.argmax(-1) != want.argmax(-1)
+    if not bool(moved.any()):
+        return None
+    top = want.reshape(len(want), -1).topk(2, dim=-1).values
+    return float((top[:, 0] - top[:, 1])[moved.reshape(len(want))].max())
+
+
 def run(entry: Entry, backend: str, *, real_parties: bool = False, he_budget: int = 600,
         latency_inputs: int = 0) -> Outcome:
     """Convert ``entry`` for ``backend`` and measure it; never raises."""
@@ -140,6 +153,7 @@ def run(entry: Entry, backend: str, *, real_parties: bool = False, he_budget: in
                 got = enc(x)
                 outcome.approximated = [c.layer for c in enc.report().conversions if c.kind == "approximated"]
             outcome.agreement, outcome.max_error = _compare(got, want)
+            outcome.flip_margin = _flip_margin(got, want)
             outcome.inputs = outcome.encrypted_inputs = len(x)
             outcome.encrypted_agreement, outcome.encrypted_error = outcome.agreement, outcome.max_error
         else:

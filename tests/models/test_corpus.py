@@ -9,8 +9,9 @@ tests/models/coverage.py`` runs the same corpus and writes
 from __future__ import annotations
 
 import pytest
+import torch
 from corpus import ENTRIES
-from harness import run
+from harness import _flip_margin, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -22,12 +23,26 @@ def test_the_corpus_is_broad() -> None:
     assert {e.data for e in ENTRIES} >= {"digits", "digits-flat", "tokens", "audio"}
 
 
+def test_a_flip_is_measured_by_the_plaintext_margin_it_crossed() -> None:
+    want = torch.tensor([[1.0, 0.99, 0.0], [3.0, 0.0, 1.0], [0.0, 2.0, 0.5]])
+    assert _flip_margin(want + 0.001, want) is None  # nothing moved
+    near_tie = want.clone()
+    near_tie[0, 1] += 0.02
+    assert _flip_margin(near_tie, want) == pytest.approx(0.01)
+    wrong = near_tie.clone()
+    wrong[1, 2] += 2.5  # a confident input flipped too: the largest margin crossed is its 2.0
+    assert _flip_margin(wrong, want) == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=NAMES)
 def test_crypten_converts_everything_exactly_in_argmax(entry) -> None:
     outcome = run(entry, "crypten")
     assert outcome.status != "error", outcome.message
     assert outcome.status == "converts", outcome.message  # every corpus op has a CrypTen rule
-    assert outcome.agreement == 1.0, (outcome.agreement, outcome.max_error)
+    # exact in argmax, except where the plaintext top two are closer than a small conversion error can reach
+    # (which inputs are near-ties moves with the CPU's float rounding in training)
+    assert outcome.agreement == 1.0 or (outcome.max_error <= 0.05 and outcome.flip_margin <= 2 * outcome.max_error), (
+        outcome.agreement, outcome.max_error, outcome.flip_margin)
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=NAMES)
